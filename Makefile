@@ -1,0 +1,41 @@
+# Every target sets up what it needs: a fresh clone only needs Python >= 3.11.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+N      ?= 5000
+
+.PHONY: run test lint bench corpus samples clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/img1688 run jobs/sample.toml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+# Rebuild the committed sample set (deterministic).
+samples: $(STAMP)
+	$(BIN)/python -m engine.samplegen samples sample_images
+
+# A large synthetic corpus for benchmarks: make corpus N=5000 [CORPUS=dir]
+CORPUS ?= build/corpus
+corpus: $(STAMP)
+	$(BIN)/python -m engine.samplegen corpus $(CORPUS) --count $(N)
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,123 @@
+"""The call gate: every HTTP attempt to the gateway passes through one.
+
+A gateway counts calls when they arrive, in a sliding window of its own. ``AsyncLimiter(10, 60)``
+starts with an empty bucket and lets 19 calls land in the first minute, which a strict gateway
+answers with rate-limit errors. So the gate spaces calls evenly instead: an
+``AsyncLimiter(1, spacing)`` with ``spacing = period / calls`` stretched by a small margin for
+network jitter. No window of ``period`` seconds then holds more than ``calls`` arrivals, and a
+steady run still uses (1 / (1 + margin)) of the allowance.
+
+On top of the spacing the gate keeps a shared "not before" time: a rate-limit answer to any
+caller pauses every caller (honouring ``Retry-After``), since the gateway's window is shared by
+all of them. It also enforces an optional budget of calls for the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiolimiter import AsyncLimiter
+
+from engine.errors import Img1688Error
+
+
+class BudgetExhausted(Img1688Error):
+    """The run's call budget (``--max-calls``) is spent. The job stops cleanly and resumes later."""
+
+
+@dataclass(frozen=True)
+class Rate:
+    """At most ``calls`` calls in any window of ``period`` seconds."""
+
+    calls: int
+    period: float
+
+    @classmethod
+    def parse(cls, text: str) -> Rate:
+        """Parse ``"10/60s"``, ``"10/60"``, ``"10/2.5s"`` or ``"10/1m"``."""
+        try:
+            calls_text, period_text = text.strip().split("/", 1)
+            calls = int(calls_text)
+            unit = 60.0 if period_text.endswith("m") else 1.0
+            period = float(period_text.rstrip("sm")) * unit
+        except ValueError:
+            raise ValueError(f"rate {text!r} is not of the form N/SECONDSs, e.g. 10/60s") from None
+        if calls < 1 or period <= 0:
+            raise ValueError(f"rate {text!r} needs at least 1 call in a positive period")
+        return cls(calls, period)
+
+    def __str__(self) -> str:
+        return f"{self.calls}/{self.period:g}s"
+
+
+class CallGate:
+    """Admit calls so that no window of ``rate.period`` seconds holds more than ``rate.calls``.
+
+    Use ``await gate.acquire()`` immediately before each HTTP attempt, retries included.
+    Create one gate per event loop (the underlying limiter binds to the first loop it runs on).
+
+    Args:
+        rate: the allowance to respect.
+        margin: relative stretch of the spacing between calls, absorbing jitter between the
+            moment a call leaves and the moment the gateway counts it.
+        budget: total calls this gate may admit; the next ``acquire`` raises
+            :class:`BudgetExhausted`. ``None`` means unlimited.
+        clock: monotonic clock, injectable for tests.
+    """
+
+    def __init__(
+        self,
+        rate: Rate,
+        *,
+        margin: float = 0.02,
+        budget: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rate = rate
+        self.spacing = rate.period / rate.calls * (1.0 + margin)
+        self.budget = budget
+        self._limiter = AsyncLimiter(1, self.spacing)
+        self._clock = clock
+        self._not_before = 0.0
+        self._admitted: deque[float] = deque()
+        self.spent = 0
+
+    def pause(self, seconds: float) -> None:
+        """Hold back every caller for ``seconds`` from now (extends, never shortens, a pause)."""
+        self._not_before = max(self._not_before, self._clock() + max(0.0, seconds))
+
+    async def acquire(self) -> None:
+        """Wait until one more call may be sent, then count it."""
+        while True:
+            self._check_budget()
+            delay = self._not_before - self._clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+                continue
+            await self._limiter.acquire()
+            # A pause may have started while we waited for the limiter: honour it first.
+            if self._not_before > self._clock():
+                continue
+            self._check_budget()
+            self.spent += 1
+            now = self._clock()
+            self._admitted.append(now)
+            self._forget_before(now - self.rate.period)
+            return
+
+    def calls_in_window(self) -> int:
+        """Calls admitted during the last ``rate.period`` seconds."""
+        self._forget_before(self._clock() - self.rate.period)
+        return len(self._admitted)
+
+    def _forget_before(self, horizon: float) -> None:
+        while self._admitted and self._admitted[0] <= horizon:
+            self._admitted.popleft()
+
+    def _check_budget(self) -> None:
+        if self.budget is not None and self.spent >= self.budget:
+            raise BudgetExhausted(f"the call budget of {self.budget} calls for this run is spent")
