@@ -1,0 +1,112 @@
+"""``img1688 run JOB.toml``: run or resume a batch job."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+
+from engine.errors import ConfigError
+from engine.jobfile import load_job
+from engine.ratelimit import Rate
+from engine.runner import ExitCode, RunOutcome, run_job
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="run or resume a job",
+        description="Run a job file. Run the same command again after any stop to continue.",
+        epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("job", type=Path, help="the job file (TOML)")
+    parser.add_argument("--out", type=Path, help="output directory (overrides output.dir)")
+    parser.add_argument("--limit", type=_positive_int, help="search at most N new images")
+    parser.add_argument("--max-calls", type=_positive_int, help="spend at most N gateway calls")
+    parser.add_argument("--rate", help="call limit, e.g. 10/60s (overrides gateway.rate)")
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="forget the unfinished run and its files in the output directory and start over"
+        " (stored gateway answers are kept and reused)",
+    )
+    parser.set_defaults(func=handle)
+
+
+_EXIT_CODES = """exit codes:
+  0    every image done, none failed
+  1    every image done, some failed (see OUT/images)
+  2    configuration error (job file, flags, credentials)
+  3    the gateway refused the job or kept failing: fix what the message says, run again
+  4    stopped early (--max-calls or --limit): run again to continue
+  5    output directory locked, unwritable or full
+  130  interrupted (SIGINT)    143  terminated (SIGTERM)"""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def handle(args: argparse.Namespace) -> int:
+    try:
+        job = load_job(args.job)
+        rate = Rate.parse(args.rate) if args.rate else None
+    except (ConfigError, ValueError) as exc:
+        print(f"img1688: {exc}", file=sys.stderr)
+        return ExitCode.CONFIG
+    job = job.with_overrides(
+        out=args.out.resolve() if args.out else None,
+        limit=args.limit,
+        max_calls=args.max_calls,
+        rate=rate,
+    )
+    outcome = asyncio.run(_run(job, fresh=args.fresh))
+    _report(outcome, job.out)
+    return int(outcome.exit_code)
+
+
+async def _run(job, *, fresh: bool) -> RunOutcome:  # type: ignore[no-untyped-def]
+    stop = asyncio.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        return await run_job(
+            job, fresh=fresh, stop=stop, stop_signal=lambda: received[0] if received else None
+        )
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def _report(outcome: RunOutcome, out: Path) -> None:
+    if outcome.summary:
+        print(json.dumps(outcome.summary, indent=2, default=str))
+    stream = (
+        sys.stdout
+        if outcome.exit_code in (ExitCode.OK, ExitCode.DONE_WITH_FAILURES)
+        else sys.stderr
+    )
+    print(f"img1688: {outcome.message}", file=stream)
+    if outcome.exit_code in (ExitCode.OK, ExitCode.DONE_WITH_FAILURES):
+        print(
+            f"\nParquet feed: {out}/matches (offers) and {out}/images (one row per photo)\n"
+            "Read it with DuckDB:\n"
+            f'  duckdb -c "SELECT query_path, rank, item_id, title, price_min, min_order, city'
+            f" FROM read_parquet('{out}/matches/**/*.parquet', hive_partitioning = true)"
+            ' ORDER BY query_path, rank"\n'
+            "or pandas: pd.read_parquet('" + str(out / "matches") + "')"
+        )

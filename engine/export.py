@@ -1,0 +1,121 @@
+"""Clean and store: turn finished images (stored answers or failures) into Parquet parts.
+
+Used by the running engine for each batch, and by ``img1688 reclean`` to rebuild a finished
+run's feed from the stored answers with today's cleaning rules, without a single call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from engine import __version__
+from engine.clean import Offer, WholesaleFilters, parse_response
+from engine.feed import Feed
+from engine.schema import ImageRow, Lineage, images_table, matches_table
+from engine.state import ImageRecord, PartRecord, Run, StateStore
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    images_ok: int
+    images_failed: int
+    reused: int
+    match_rows: int
+
+
+class Exporter:
+    """Writes batches of one run's finished images as Parquet parts, durably registered."""
+
+    def __init__(
+        self, state: StateStore, feed: Feed, run: Run, filters: WholesaleFilters, protocol: str
+    ) -> None:
+        self.state = state
+        self.feed = feed
+        self.run = run
+        self.filters = filters
+        self.protocol = protocol
+        self._seq = max((_seq_of(p.name) for p in state.parts(run.run_id)), default=0)
+
+    def export(
+        self, records: Sequence[ImageRecord], *, replacing: Sequence[PartRecord] = ()
+    ) -> BatchResult:
+        """Write one matches part and one images part for ``records``; then, in one transaction,
+        register them, mark the images exported and unregister ``replacing``."""
+        match_rows: list[tuple[Lineage, Offer]] = []
+        image_rows: list[ImageRow] = []
+        for record in records:
+            image_row, offers = self.clean(record)
+            image_rows.append(image_row)
+            match_rows.extend(offers)
+        self._seq += 1
+        run_id, run_date = self.run.run_id, self.run.run_date
+        parts = [
+            self.feed.write_part("matches", run_id, run_date, self._seq, matches_table(match_rows)),
+            self.feed.write_part("images", run_id, run_date, self._seq, images_table(image_rows)),
+        ]
+        self.state.commit_parts(
+            parts, [(run_id, r.path) for r in records], replacing=[p.name for p in replacing]
+        )
+        failed = sum(r.status == "failed" for r in records)
+        return BatchResult(
+            images_ok=len(records) - failed,
+            images_failed=failed,
+            reused=sum(r.reused for r in records if r.status != "failed"),
+            match_rows=len(match_rows),
+        )
+
+    def clean(self, record: ImageRecord) -> tuple[ImageRow, list[tuple[Lineage, Offer]]]:
+        """One finished image as its images row and its matches rows."""
+        searched_at = None
+        protocol = self.protocol
+        rows: list[tuple[Lineage, Offer]] = []
+        counts = {"received": 0, "duplicates": 0, "price": 0, "moq": 0, "freight": 0}
+        if record.status != "failed" and record.response_id is not None:
+            stored = self.state.response(record.response_id)
+            searched_at, protocol = stored.searched_at, stored.protocol
+            cleaned = parse_response(stored.protocol, stored.raw_body, self.filters)  # type: ignore[arg-type]
+            lineage = Lineage(
+                query_path=record.path,
+                query_sha256=record.sha256 or "",
+                run_id=record.run_id,
+                protocol=stored.protocol,
+                searched_at=stored.searched_at,
+                engine_version=__version__,
+            )
+            rows = [(lineage, offer) for offer in cleaned.offers]
+            counts = {
+                "received": cleaned.received,
+                "duplicates": cleaned.duplicates,
+                "price": cleaned.removed_by_price,
+                "moq": cleaned.removed_by_moq,
+                "freight": cleaned.removed_by_freight,
+            }
+        image_row = ImageRow(
+            query_path=record.path,
+            query_sha256=record.sha256,
+            run_id=record.run_id,
+            protocol=protocol,
+            searched_at=searched_at,
+            engine_version=__version__,
+            status="failed" if record.status == "failed" else "ok",
+            failure_reason=record.reason,
+            failure_message=record.message,
+            offers_received=counts["received"],
+            offers_kept=len(rows),
+            duplicates=counts["duplicates"],
+            removed_by_price=counts["price"],
+            removed_by_moq=counts["moq"],
+            removed_by_freight=counts["freight"],
+            calls=record.calls,
+            reused=record.reused,
+            width=record.width,
+            height=record.height,
+            preprocess_steps=record.steps,
+        )
+        return image_row, rows
+
+
+def _seq_of(part_name: str) -> int:
+    # part-<run_id>-<seq>.parquet
+    return int(part_name.rsplit("-", 1)[1].split(".", 1)[0])

@@ -1,0 +1,513 @@
+"""Checkpoints: the job's durable memory, one SQLite database (WAL) in the output directory.
+
+What it records, and why each fact is enough to resume exactly:
+
+* ``runs``: one row per run (a run spans every invocation until it completes), with the
+  fingerprint of the job's result-changing settings, so a resume under other settings is refused.
+* ``images``: one row per query file and run: ``pending`` -> ``in_flight`` -> ``fetched`` |
+  ``failed`` -> ``exported``. An image becomes ``exported`` only in the same transaction that
+  registers the Parquet parts holding its rows, so "done" always means "durably in the feed".
+* ``responses``: every gateway answer, verbatim, keyed by the photo's SHA-256 and the request
+  key. Stored before the image is marked fetched, so an answer is never paid for twice, and the
+  feed can be re-cleaned later without calls.
+* ``parts``: the Parquet files that belong to the dataset. A file on disk that is not listed
+  here was left by a crash between its rename and this commit, and is deleted on the next start.
+
+Every write commits at once with ``synchronous=FULL``: a kill at any instant loses at most the
+call that was in flight. Calls are short and few (one per image), so they run on the event
+loop's thread; that keeps the ordering of writes obvious.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from engine.errors import StorageError
+
+STATE_FILE = "state.sqlite"
+LOCK_FILE = ".lock"
+
+ImageStatus = Literal["pending", "in_flight", "fetched", "failed", "exported"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id       TEXT PRIMARY KEY,
+    run_date     TEXT NOT NULL,
+    started_at   TEXT NOT NULL,
+    fingerprint  TEXT NOT NULL,
+    completed_at TEXT
+);
+CREATE TABLE IF NOT EXISTS responses (
+    id          INTEGER PRIMARY KEY,
+    sha256      TEXT NOT NULL,
+    request_key TEXT NOT NULL,
+    protocol    TEXT NOT NULL,
+    raw_body    TEXT NOT NULL,
+    searched_at TEXT NOT NULL,
+    calls       INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS responses_by_image ON responses (sha256, request_key, searched_at);
+CREATE TABLE IF NOT EXISTS images (
+    run_id      TEXT NOT NULL,
+    path        TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    mtime_ns    INTEGER NOT NULL,
+    sha256      TEXT,
+    status      TEXT NOT NULL,
+    reason      TEXT,
+    message     TEXT,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    response_id INTEGER REFERENCES responses (id),
+    reused      INTEGER NOT NULL DEFAULT 0,
+    calls       INTEGER NOT NULL DEFAULT 0,
+    width       INTEGER,
+    height      INTEGER,
+    steps       TEXT,
+    part        TEXT,
+    PRIMARY KEY (run_id, path)
+);
+CREATE INDEX IF NOT EXISTS images_by_status ON images (run_id, status);
+CREATE TABLE IF NOT EXISTS parts (
+    name       TEXT PRIMARY KEY,
+    run_id     TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    run_date   TEXT NOT NULL,
+    rows       INTEGER NOT NULL,
+    created_at TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Run:
+    run_id: str
+    run_date: str
+    started_at: str
+    fingerprint: str
+    completed_at: str | None
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    run_id: str
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    status: ImageStatus
+    reason: str | None
+    message: str | None
+    attempts: int
+    response_id: int | None
+    reused: bool
+    calls: int
+    width: int | None
+    height: int | None
+    steps: tuple[str, ...]
+    part: str | None
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    id: int
+    sha256: str
+    protocol: str
+    raw_body: str
+    searched_at: datetime
+    calls: int
+
+
+@dataclass(frozen=True)
+class PartRecord:
+    name: str
+    run_id: str
+    kind: str
+    run_date: str
+    rows: int
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class StateStore:
+    """The checkpoint database of one output directory, held under an exclusive lock.
+
+    Opening it takes an ``flock`` on ``OUT/.lock``: a second process on the same output
+    directory is refused with :class:`StorageError`. The lock dies with the process, so a
+    kill -9 never leaves the directory locked.
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StorageError(f"cannot use output directory {out}: {exc.strerror}") from None
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_pid(self._lock_fd)
+            os.close(self._lock_fd)
+            raise StorageError(
+                f"output directory {out} is in use by another img1688 process"
+                f"{f' (pid {holder})' if holder else ''}; wait for it or use another --out"
+            ) from None
+        os.ftruncate(self._lock_fd, 0)
+        os.write(self._lock_fd, str(os.getpid()).encode())
+        try:
+            self.db = sqlite3.connect(out / STATE_FILE, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            self.close()
+            raise StorageError(f"cannot open checkpoint database in {out}: {exc}") from None
+
+    def close(self) -> None:
+        if getattr(self, "db", None) is not None:
+            self.db.close()
+            self.db = None  # type: ignore[assignment]
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = -1
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic, durable write. Disk errors become :class:`StorageError`."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StorageError(f"checkpoint database write failed: {exc}") from None
+
+    # -- runs -----------------------------------------------------------------------------
+
+    def latest_run(self) -> Run | None:
+        row = self.db.execute(
+            "SELECT run_id, run_date, started_at, fingerprint, completed_at FROM runs"
+            " ORDER BY started_at DESC, rowid DESC LIMIT 1"
+        ).fetchone()
+        return Run(*row) if row else None
+
+    def start_run(self, run_id: str, run_date: str, fingerprint: str) -> Run:
+        started = utc_now().isoformat()
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO runs (run_id, run_date, started_at, fingerprint) VALUES (?,?,?,?)",
+                (run_id, run_date, started, fingerprint),
+            )
+        return Run(run_id, run_date, started, fingerprint, None)
+
+    def complete_run(self, run_id: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE runs SET completed_at = ? WHERE run_id = ?",
+                (utc_now().isoformat(), run_id),
+            )
+
+    def forget_runs(self) -> None:
+        """Drop every run, image and part record; stored answers are kept (``--fresh``)."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM images")
+            db.execute("DELETE FROM parts")
+            db.execute("DELETE FROM runs")
+
+    # -- images ---------------------------------------------------------------------------
+
+    def image(self, run_id: str, path: str) -> ImageRecord | None:
+        row = self.db.execute(
+            f"SELECT {_IMAGE_COLUMNS} FROM images WHERE run_id = ? AND path = ?", (run_id, path)
+        ).fetchone()
+        return _image(row) if row else None
+
+    def previous_image(
+        self, run_id: str, path: str, size: int, mtime_ns: int
+    ) -> ImageRecord | None:
+        """The newest record of the same unchanged file (same size and mtime) in an earlier run."""
+        row = self.db.execute(
+            f"SELECT {_IMAGE_COLUMNS} FROM images WHERE path = ? AND run_id != ? AND size = ?"
+            " AND mtime_ns = ? AND sha256 IS NOT NULL ORDER BY rowid DESC LIMIT 1",
+            (path, run_id, size, mtime_ns),
+        ).fetchone()
+        return _image(row) if row else None
+
+    def put_image(self, record: ImageRecord) -> None:
+        with self.transaction() as db:
+            db.execute(
+                f"INSERT OR REPLACE INTO images ({_IMAGE_COLUMNS}) VALUES ({_IMAGE_PLACEHOLDERS})",
+                _image_values(record),
+            )
+
+    def set_status(
+        self,
+        run_id: str,
+        path: str,
+        status: ImageStatus,
+        **fields: object,
+    ) -> None:
+        assignments = ", ".join(f"{name} = ?" for name in ("status", *fields))
+        with self.transaction() as db:
+            db.execute(
+                f"UPDATE images SET {assignments} WHERE run_id = ? AND path = ?",
+                (status, *fields.values(), run_id, path),
+            )
+
+    def store_response(
+        self,
+        sha256: str,
+        request_key: str,
+        protocol: str,
+        raw_body: str,
+        searched_at: datetime,
+        calls: int,
+        fetched: Iterable[tuple[str, str, int]],
+    ) -> int:
+        """Store an answer and mark the images it answers ``fetched``, atomically.
+
+        ``fetched`` holds ``(run_id, path, calls)`` for every image with these bytes.
+        """
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO responses (sha256, request_key, protocol, raw_body, searched_at,"
+                " calls) VALUES (?,?,?,?,?,?)",
+                (sha256, request_key, protocol, raw_body, searched_at.isoformat(), calls),
+            )
+            response_id = int(cursor.lastrowid or 0)
+            db.executemany(
+                "UPDATE images SET status = 'fetched', response_id = ?, calls = ?,"
+                " attempts = attempts + 1 WHERE run_id = ? AND path = ?",
+                [(response_id, image_calls, run_id, path) for run_id, path, image_calls in fetched],
+            )
+        return response_id
+
+    def fresh_response(
+        self, sha256: str, request_key: str, since: datetime
+    ) -> StoredResponse | None:
+        row = self.db.execute(
+            "SELECT id, sha256, protocol, raw_body, searched_at, calls FROM responses"
+            " WHERE sha256 = ? AND request_key = ? AND searched_at >= ?"
+            " ORDER BY searched_at DESC LIMIT 1",
+            (sha256, request_key, since.isoformat()),
+        ).fetchone()
+        return _response(row) if row else None
+
+    def response(self, response_id: int) -> StoredResponse:
+        row = self.db.execute(
+            "SELECT id, sha256, protocol, raw_body, searched_at, calls FROM responses WHERE id = ?",
+            (response_id,),
+        ).fetchone()
+        return _response(row)
+
+    def reset_in_flight(self, run_id: str) -> int:
+        """After a crash: calls that were in flight have no answer stored; search them again."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "UPDATE images SET status = 'pending' WHERE run_id = ? AND status = 'in_flight'",
+                (run_id,),
+            )
+        return cursor.rowcount
+
+    def forget_unfinished(self, run_id: str) -> int:
+        """At the end of a full pass, images still pending were not found again: they left the
+        inputs since an earlier invocation of this run. Drop them so the run can complete."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "DELETE FROM images WHERE run_id = ? AND status IN ('pending', 'in_flight')",
+                (run_id,),
+            )
+        return cursor.rowcount
+
+    def images_in(self, run_id: str, statuses: tuple[ImageStatus, ...]) -> list[ImageRecord]:
+        marks = ",".join("?" * len(statuses))
+        rows = self.db.execute(
+            f"SELECT {_IMAGE_COLUMNS} FROM images WHERE run_id = ? AND status IN ({marks})"
+            " ORDER BY path",
+            (run_id, *statuses),
+        ).fetchall()
+        return [_image(r) for r in rows]
+
+    def counts(self, run_id: str) -> dict[str, int]:
+        rows = self.db.execute(
+            "SELECT status, count(*) FROM images WHERE run_id = ? GROUP BY status", (run_id,)
+        ).fetchall()
+        return {status: n for status, n in rows}
+
+    def failure_counts(self, run_id: str) -> dict[str, int]:
+        rows = self.db.execute(
+            "SELECT reason, count(*) FROM images WHERE run_id = ? AND reason IS NOT NULL"
+            " GROUP BY reason",
+            (run_id,),
+        ).fetchall()
+        return {reason: n for reason, n in rows}
+
+    def run_totals(self, run_id: str) -> dict[str, int]:
+        row = self.db.execute(
+            "SELECT count(*), coalesce(sum(calls), 0), coalesce(sum(reused), 0)"
+            " FROM images WHERE run_id = ?",
+            (run_id,),
+        ).fetchone()
+        return {"images": row[0], "calls": row[1], "reused": row[2]}
+
+    # -- parts ----------------------------------------------------------------------------
+
+    def commit_parts(
+        self,
+        parts: list[PartRecord],
+        exported: list[tuple[str, str]],
+        *,
+        replacing: Sequence[str] = (),
+    ) -> None:
+        """Register new Parquet parts, mark their images exported and unregister the parts
+        they replace, in one transaction."""
+        now = utc_now().isoformat()
+        image_part = next((p.name for p in parts if p.kind == "images"), None)
+        with self.transaction() as db:
+            db.executemany("DELETE FROM parts WHERE name = ?", [(n,) for n in replacing])
+            db.executemany(
+                "INSERT INTO parts (name, run_id, kind, run_date, rows, created_at)"
+                " VALUES (?,?,?,?,?,?)",
+                [(p.name, p.run_id, p.kind, p.run_date, p.rows, now) for p in parts],
+            )
+            db.executemany(
+                "UPDATE images SET status = 'exported', part = ? WHERE run_id = ? AND path = ?",
+                [(image_part, run_id, path) for run_id, path in exported],
+            )
+
+    def parts(self, run_id: str | None = None) -> list[PartRecord]:
+        query = "SELECT name, run_id, kind, run_date, rows FROM parts"
+        args: tuple[str, ...] = ()
+        if run_id is not None:
+            query += " WHERE run_id = ?"
+            args = (run_id,)
+        return [PartRecord(*row) for row in self.db.execute(query + " ORDER BY name", args)]
+
+    def drop_parts(self, names: list[str]) -> None:
+        with self.transaction() as db:
+            db.executemany("DELETE FROM parts WHERE name = ?", [(n,) for n in names])
+
+
+_IMAGE_FIELDS = (
+    "run_id",
+    "path",
+    "size",
+    "mtime_ns",
+    "sha256",
+    "status",
+    "reason",
+    "message",
+    "attempts",
+    "response_id",
+    "reused",
+    "calls",
+    "width",
+    "height",
+    "steps",
+    "part",
+)
+_IMAGE_COLUMNS = ", ".join(_IMAGE_FIELDS)
+_IMAGE_PLACEHOLDERS = ",".join("?" * len(_IMAGE_FIELDS))
+
+
+def _image(row: tuple[object, ...]) -> ImageRecord:
+    values = dict(zip(_IMAGE_FIELDS, row, strict=True))
+    values["reused"] = bool(values["reused"])
+    values["steps"] = tuple(json.loads(str(values["steps"]))) if values["steps"] else ()
+    return ImageRecord(**values)  # type: ignore[arg-type]
+
+
+def _image_values(record: ImageRecord) -> tuple[object, ...]:
+    values = [getattr(record, name) for name in _IMAGE_FIELDS]
+    values[_IMAGE_FIELDS.index("reused")] = int(record.reused)
+    values[_IMAGE_FIELDS.index("steps")] = json.dumps(list(record.steps))
+    return tuple(values)
+
+
+def _response(row: tuple[object, ...]) -> StoredResponse:
+    rid, sha, protocol, body, searched_at, calls = row
+    return StoredResponse(
+        int(rid),
+        str(sha),
+        str(protocol),
+        str(body),
+        datetime.fromisoformat(str(searched_at)),
+        int(calls),  # type: ignore[arg-type]
+    )
+
+
+def _read_pid(fd: int) -> str:
+    try:
+        return os.pread(fd, 32, 0).decode().strip()
+    except OSError:
+        return ""
+
+
+def snapshot(out: Path) -> dict[str, object] | None:
+    """A read-only view of a job's state, safe while a run holds the lock (WAL readers never
+    block the writer). ``None`` when ``out`` holds no checkpoint database."""
+    path = out / STATE_FILE
+    if not path.exists():
+        return None
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row = db.execute(
+            "SELECT run_id, run_date, started_at, fingerprint, completed_at FROM runs"
+            " ORDER BY started_at DESC, rowid DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return {"run": None}
+        run = Run(*row)
+        statuses = dict(
+            db.execute(
+                "SELECT status, count(*) FROM images WHERE run_id = ? GROUP BY status",
+                (run.run_id,),
+            ).fetchall()
+        )
+        failures = dict(
+            db.execute(
+                "SELECT reason, count(*) FROM images WHERE run_id = ? AND reason IS NOT NULL"
+                " GROUP BY reason",
+                (run.run_id,),
+            ).fetchall()
+        )
+        calls, reused = db.execute(
+            "SELECT coalesce(sum(calls), 0), coalesce(sum(reused), 0) FROM images WHERE run_id = ?",
+            (run.run_id,),
+        ).fetchone()
+        stored = db.execute("SELECT count(*) FROM responses").fetchone()[0]
+    finally:
+        db.close()
+    return {
+        "run": run.run_id,
+        "run_date": run.run_date,
+        "started_at": run.started_at,
+        "completed_at": run.completed_at,
+        "state": "complete" if run.completed_at else "unfinished",
+        "images": statuses,
+        "failures": failures,
+        "calls": calls,
+        "reused_answers": reused,
+        "stored_answers": stored,
+    }

@@ -1,0 +1,322 @@
+"""The batch engine end to end: sandbox on loopback, real SQLite, Parquet read back."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import duckdb
+import pyarrow.dataset as ds
+import pytest
+
+from engine.commands.reclean import reclean
+from engine.credentials import Credentials
+from engine.jobfile import Job, parse_job
+from engine.ratelimit import Rate
+from engine.runner import ExitCode, run_job
+from engine.sandbox import Faults, Sandbox, SandboxConfig
+from engine.state import StateStore
+from tests.conftest import SAMPLES
+
+FAST = Rate(1000, 1.0)
+
+
+def creds(config: SandboxConfig, **overrides: str) -> Credentials:
+    values = {
+        "app_key": config.app_key,
+        "app_secret": config.app_secret,
+        "access_token": config.access_token,
+        "refresh_token": config.refresh_token,
+    }
+    values.update(overrides)
+    return Credentials(**values)  # type: ignore[arg-type]
+
+
+def make_job(
+    inputs: Path, out: Path, url: str, *, protocol: str = "ocean", **sections: dict
+) -> Job:
+    data: dict = {
+        "inputs": {"paths": [str(inputs)]},
+        "output": {"dir": str(out)},
+        "gateway": {
+            "protocol": protocol,
+            "endpoint": url,
+            "rate": "1000/1s",
+            "attempts": 6,
+            "backoff_base": 0.01,
+            "backoff_max": 0.05,
+            "timeout": 5,
+        },
+        "engine": {"searches": 4, "flush_seconds": 0.5, "part_images": 8},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return parse_job(data, base=out.parent)
+
+
+def read_table(out: Path, table: str) -> ds.Dataset:
+    return ds.dataset(out / table, format="parquet", partitioning="hive")
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+async def sandbox():
+    config = SandboxConfig(rate=FAST)
+    async with Sandbox(config) as running:
+        yield running
+
+
+async def test_sample_job_completes_and_the_feed_reads_back(
+    sandbox: Sandbox, query_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    job = make_job(query_dir, out, sandbox.url)
+
+    outcome = await run_job(job, credentials=creds(sandbox.config))
+
+    assert outcome.exit_code == ExitCode.OK, outcome.message
+    assert (out / "_SUCCESS").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    files = image_files(query_dir)
+    images = read_table(out, "images").to_table()
+    assert sorted(images.column("query_path").to_pylist()) == sorted(map(str, files))
+    assert set(images.column("status").to_pylist()) == {"ok"}
+    matches = read_table(out, "matches").to_table()
+    assert matches.num_rows == sum(images.column("offers_kept").to_pylist()) > 0
+    assert manifest["rows"] == {"matches": matches.num_rows, "images": len(files)}
+    # The photo of product X finds X first.
+    truth = json.loads((SAMPLES / "truth.json").read_text())
+    firsts = {row["query_path"]: row["item_id"] for row in matches.to_pylist() if row["rank"] == 1}
+    expected = {
+        str(query_dir / rel.removeprefix("queries/")): offer
+        for rel, offer in truth.items()
+        if rel.startswith("queries/")
+    }
+    hits = sum(firsts.get(path) == offer for path, offer in expected.items())
+    assert hits == len(expected)
+    # DuckDB reads the same rows, with the hive partition column.
+    con = duckdb.connect()
+    count, dates = con.execute(
+        "SELECT count(*), count(DISTINCT run_date) FROM read_parquet(?, hive_partitioning = true)",
+        [str(out / "matches" / "**" / "*.parquet")],
+    ).fetchone()
+    assert (count, dates) == (matches.num_rows, 1)
+
+
+async def test_identical_photos_cost_one_search(
+    sandbox: Sandbox, query_dir: Path, tmp_path: Path
+) -> None:
+    first = image_files(query_dir)[0]
+    for i in range(3):
+        shutil.copy(first, query_dir / f"copy-{i}.jpg")
+    job = make_job(query_dir, tmp_path / "out", sandbox.url)
+
+    outcome = await run_job(job, credentials=creds(sandbox.config))
+
+    assert outcome.exit_code == ExitCode.OK, outcome.message
+    searches = sandbox.stats()["searches"]
+    assert set(searches.values()) == {1}
+    images = read_table(tmp_path / "out", "images").to_table().to_pylist()
+    by_sha = Counter(row["query_sha256"] for row in images)
+    assert len(searches) == len(by_sha)
+    copies = [row for row in images if row["query_sha256"] == images_sha(images, first)]
+    assert len(copies) >= 4
+    assert sum(row["calls"] for row in copies) == 2  # one upload + one query, for all copies
+    assert len({row["offers_kept"] for row in copies}) == 1
+
+
+def images_sha(rows: list[dict], path: Path) -> str:
+    return next(r["query_sha256"] for r in rows if r["query_path"] == str(path))
+
+
+async def test_a_second_run_over_unchanged_inputs_makes_no_call(
+    sandbox: Sandbox, query_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    job = make_job(query_dir, out, sandbox.url)
+    assert (await run_job(job, credentials=creds(sandbox.config))).exit_code == ExitCode.OK
+    calls_after_first = sandbox.stats()["total_calls"]
+    changed = image_files(query_dir)[0]
+    other = image_files(query_dir)[1]
+    changed.write_bytes(other.read_bytes())  # new bytes at an old path: must be re-checked
+
+    second = await run_job(job, credentials=creds(sandbox.config))
+
+    assert second.exit_code == ExitCode.OK, second.message
+    assert sandbox.stats()["total_calls"] == calls_after_first
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["run_id"] == second.run_id
+    assert manifest["stats"]["reused_answers"] == len(image_files(query_dir))
+    latest = [
+        r for r in read_table(out, "images").to_table().to_pylist() if r["run_id"] == second.run_id
+    ]
+    assert len(latest) == len(image_files(query_dir))
+    assert all(r["reused"] and r["calls"] == 0 for r in latest)
+
+
+async def test_reclean_rebuilds_the_feed_without_a_call(
+    sandbox: Sandbox, query_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    job = make_job(query_dir, out, sandbox.url)
+    assert (await run_job(job, credentials=creds(sandbox.config))).exit_code == ExitCode.OK
+    before = read_table(out, "matches").to_table()
+    calls = sandbox.stats()["total_calls"]
+
+    summary = reclean(out)
+    same = read_table(out, "matches").to_table()
+    stricter = reclean(out, replace(job.filters, freight="free"))
+    free_only = read_table(out, "matches").to_table()
+
+    assert sandbox.stats()["total_calls"] == calls
+    assert summary["match_rows"] == same.num_rows == before.num_rows
+    assert sorted(same.column("item_id").to_pylist()) == sorted(
+        before.column("item_id").to_pylist()
+    )
+    assert 0 < stricter["match_rows"] == free_only.num_rows < before.num_rows
+    assert set(free_only.column("freight").to_pylist()) == {"free"}
+    assert (out / "_SUCCESS").exists()
+
+
+async def test_fatal_error_stops_the_job_at_once_and_it_resumes_once_fixed(
+    query_dir: Path, tmp_path: Path
+) -> None:
+    config = SandboxConfig(rate=FAST)
+    out = tmp_path / "out"
+    async with Sandbox(config) as sandbox:
+        job = make_job(query_dir, out, sandbox.url)
+        wrong = creds(config, app_secret="not-the-secret")
+
+        stopped = await run_job(job, credentials=wrong)
+
+        assert stopped.exit_code == ExitCode.FATAL_GATEWAY
+        assert "gw.SignatureInvalid" in stopped.message
+        assert "IMG1688_APP_SECRET" in stopped.message  # says what to fix
+        assert "not-the-secret" not in stopped.message
+        assert sandbox.stats()["total_calls"] <= job.engine.searches
+        assert not (out / "_SUCCESS").exists()
+
+        resumed = await run_job(job, credentials=creds(config))
+        assert resumed.exit_code == ExitCode.OK, resumed.message
+        assert resumed.run_id == stopped.run_id
+    images = read_table(out, "images").to_table()
+    assert images.num_rows == len(image_files(query_dir))
+
+
+async def test_injected_faults_are_retried_and_the_job_completes(
+    query_dir: Path, tmp_path: Path
+) -> None:
+    faults = Faults(
+        error_5xx=0.15,
+        slow=0.1,
+        slow_seconds=0.05,
+        malformed=0.1,
+        drop=0.1,
+        spurious_rate_limit=0.1,
+        seed=7,
+    )
+    config = SandboxConfig(rate=FAST, faults=faults)
+    async with Sandbox(config) as sandbox:
+        job = make_job(query_dir, tmp_path / "out", sandbox.url, gateway={"attempts": 12})
+        outcome = await run_job(job, credentials=creds(config))
+        stats = sandbox.stats()
+    assert outcome.exit_code == ExitCode.OK, outcome.message
+    assert all(stats["faults"][kind] > 0 for kind in ("5xx", "malformed", "drop"))
+    images = read_table(tmp_path / "out", "images").to_table()
+    assert set(images.column("status").to_pylist()) == {"ok"}
+
+
+async def test_call_budget_stops_cleanly_and_the_next_run_continues(
+    sandbox: Sandbox, query_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    job = make_job(query_dir, out, sandbox.url)
+
+    first = await run_job(job.with_overrides(max_calls=7), credentials=creds(sandbox.config))
+    assert first.exit_code == ExitCode.STOPPED_EARLY
+    assert sandbox.stats()["total_calls"] == 7
+    assert not (out / "_SUCCESS").exists()
+
+    second = await run_job(job, credentials=creds(sandbox.config))
+    assert second.exit_code == ExitCode.OK, second.message
+    assert second.run_id == first.run_id
+    unique = len({p.read_bytes() for p in image_files(query_dir)})
+    # Two calls per photo; a search cut by the budget between upload and query costs one more.
+    assert sandbox.stats()["total_calls"] <= 2 * unique + 1
+    paths = read_table(out, "images").to_table().column("query_path").to_pylist()
+    assert sorted(paths) == sorted(map(str, image_files(query_dir)))
+
+
+async def test_resume_under_other_filters_is_refused_unless_fresh(
+    sandbox: Sandbox, query_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    job = make_job(query_dir, out, sandbox.url)
+    stopped = await run_job(job.with_overrides(max_calls=3), credentials=creds(sandbox.config))
+    assert stopped.exit_code == ExitCode.STOPPED_EARLY
+    other = make_job(query_dir, out, sandbox.url, filters={"price_max": 20})
+
+    refused = await run_job(other, credentials=creds(sandbox.config))
+    fresh = await run_job(other, credentials=creds(sandbox.config), fresh=True)
+
+    assert refused.exit_code == ExitCode.CONFIG
+    assert "--fresh" in refused.message
+    assert fresh.exit_code == ExitCode.OK, fresh.message
+    prices = read_table(out, "matches").to_table().column("price_min").to_pylist()
+    assert prices and all(p <= 20 for p in prices)
+
+
+async def test_a_second_process_on_the_same_output_is_refused(
+    sandbox: Sandbox, query_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    job = make_job(query_dir, out, sandbox.url)
+    with StateStore(out):
+        outcome = await run_job(job, credentials=creds(sandbox.config))
+    assert outcome.exit_code == ExitCode.STORAGE
+    assert "in use by another img1688 process" in outcome.message
+
+
+async def test_bad_files_fail_alone_and_the_job_goes_on(sandbox: Sandbox, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    shutil.copytree(SAMPLES / "awkward", photos)
+    out = tmp_path / "out"
+    job = make_job(photos, out, sandbox.url, protocol="seed")
+
+    outcome = await run_job(job, credentials=creds(sandbox.config))
+
+    assert outcome.exit_code == ExitCode.DONE_WITH_FAILURES, outcome.message
+    rows = {Path(r["query_path"]).name: r for r in read_table(out, "images").to_table().to_pylist()}
+    assert rows["empty.jpg"]["failure_reason"] == "empty_file"
+    assert rows["not-an-image.jpg"]["failure_reason"] == "not_an_image"
+    assert rows["truncated.jpg"]["failure_reason"] == "truncated"
+    assert rows["alpha.png"]["status"] == "ok" and rows["alpha.png"]["offers_kept"] > 0
+    assert rows["transparent.gif"]["status"] == "ok"
+    assert rows["gray16.png"]["status"] == "ok"
+
+
+async def test_the_rate_is_respected_and_used(query_dir: Path, tmp_path: Path) -> None:
+    rate = Rate(10, 1.0)
+    config = SandboxConfig(rate=rate)
+    photos = sorted(query_dir.glob("q0*.jpg"))[:12]
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    for p in photos:
+        shutil.copy(p, subset / p.name)
+    async with Sandbox(config) as sandbox:
+        job = make_job(subset, tmp_path / "out", sandbox.url, gateway={"rate": "10/1s"})
+        outcome = await run_job(job, credentials=creds(config))
+        stats = sandbox.stats()
+    assert outcome.exit_code == ExitCode.OK, outcome.message
+    assert stats["rate_limited"] == 0
+    arrivals = stats["arrivals"]
+    assert len(arrivals) == 2 * len(photos)
+    for i, start in enumerate(arrivals):
+        in_window = [t for t in arrivals[i:] if t - start < rate.period]
+        assert len(in_window) <= rate.calls
