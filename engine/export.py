@@ -54,9 +54,7 @@ class Exporter:
             self.feed.write_part("matches", run_id, run_date, self._seq, matches_table(match_rows)),
             self.feed.write_part("images", run_id, run_date, self._seq, images_table(image_rows)),
         ]
-        self.state.commit_parts(
-            parts, [(run_id, r.path) for r in records], replacing=[p.name for p in replacing]
-        )
+        self.state.commit_parts(parts, [(run_id, r.path) for r in records], replacing=replacing)
         failed = sum(r.status == "failed" for r in records)
         return BatchResult(
             images_ok=len(records) - failed,
@@ -67,53 +65,43 @@ class Exporter:
 
     def clean(self, record: ImageRecord) -> tuple[ImageRow, list[tuple[Lineage, Offer]]]:
         """One finished image as its images row and its matches rows."""
-        searched_at = None
-        protocol = self.protocol
-        rows: list[tuple[Lineage, Offer]] = []
-        counts = {"received": 0, "duplicates": 0, "price": 0, "moq": 0, "freight": 0}
-        if record.status != "failed" and record.response_id is not None:
-            stored = self.state.response(record.response_id)
-            searched_at, protocol = stored.searched_at, stored.protocol
-            cleaned = parse_response(stored.protocol, stored.raw_body, self.filters)  # type: ignore[arg-type]
-            lineage = Lineage(
+        if record.status == "failed" or record.response_id is None:
+            failed = ImageRow(
                 query_path=record.path,
-                query_sha256=record.sha256 or "",
+                query_sha256=record.sha256,
                 run_id=record.run_id,
-                protocol=stored.protocol,
-                searched_at=stored.searched_at,
+                protocol=self.protocol,
+                searched_at=None,
                 engine_version=__version__,
+                status="failed",
+                failure_reason=record.reason or "unknown",
+                failure_message=record.message,
+                calls=record.calls,
+                width=record.width,
+                height=record.height,
+                preprocess_steps=record.steps,
             )
-            rows = [(lineage, offer) for offer in cleaned.offers]
-            counts = {
-                "received": cleaned.received,
-                "duplicates": cleaned.duplicates,
-                "price": cleaned.removed_by_price,
-                "moq": cleaned.removed_by_moq,
-                "freight": cleaned.removed_by_freight,
-            }
-        image_row = ImageRow(
+            return failed, []
+        stored = self.state.response(record.response_id)
+        cleaned = parse_response(stored.protocol, stored.raw_body, self.filters)  # type: ignore[arg-type]
+        lineage = Lineage(
             query_path=record.path,
-            query_sha256=record.sha256,
+            query_sha256=record.sha256 or stored.sha256,
             run_id=record.run_id,
-            protocol=protocol,
-            searched_at=searched_at,
+            protocol=stored.protocol,
+            searched_at=stored.searched_at,
             engine_version=__version__,
-            status="failed" if record.status == "failed" else "ok",
-            failure_reason=record.reason,
-            failure_message=record.message,
-            offers_received=counts["received"],
-            offers_kept=len(rows),
-            duplicates=counts["duplicates"],
-            removed_by_price=counts["price"],
-            removed_by_moq=counts["moq"],
-            removed_by_freight=counts["freight"],
+        )
+        row = ImageRow.from_result(
+            lineage,
+            cleaned,
             calls=record.calls,
             reused=record.reused,
             width=record.width,
             height=record.height,
             preprocess_steps=record.steps,
         )
-        return image_row, rows
+        return row, [(lineage, offer) for offer in cleaned.offers]
 
 
 def _seq_of(part_name: str) -> int:

@@ -7,6 +7,7 @@ a bad value is a :class:`~engine.errors.ConfigError` that names the key.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -194,7 +195,7 @@ def parse_job(
     filters = _parse_filters(filters_section)
     preprocess = _parse_preprocess(preprocess_section)
     engine = _parse_engine(engine_section)
-    return Job(
+    job = Job(
         name=name,
         source=source,
         inputs=inputs,
@@ -205,6 +206,11 @@ def parse_job(
         engine=engine,
         zstd_level=zstd_level,
     )
+    try:
+        job.search_filters  # noqa: B018 - validates the server-side view of the filters
+    except ValueError as exc:
+        raise ConfigError(f"filters: {exc}") from None
+    return job
 
 
 def _parse_gateway(section: _Section) -> Gateway:
@@ -218,12 +224,15 @@ def _parse_gateway(section: _Section) -> Gateway:
     except ValueError as exc:
         raise ConfigError(f"gateway.rate: {exc}") from None
     defaults = RetryPolicy()
-    retry = RetryPolicy(
-        attempts=section.get("attempts", int, defaults.attempts, check=_between(1, 100)),
-        base_delay=section.get("backoff_base", float, defaults.base_delay, check=_positive),
-        max_delay=section.get("backoff_max", float, defaults.max_delay, check=_positive),
-        timeout=section.get("timeout", float, defaults.timeout, check=_positive),
-    )
+    try:
+        retry = RetryPolicy(
+            attempts=section.get("attempts", int, defaults.attempts, check=_between(1, 100)),
+            base_delay=section.get("backoff_base", float, defaults.base_delay, check=_positive),
+            max_delay=section.get("backoff_max", float, defaults.max_delay, check=_positive),
+            timeout=section.get("timeout", float, defaults.timeout, check=_positive),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"gateway: {exc}") from None
     page_size = section.get("page_size", int, 20, check=_between(1, 50))
     section.done()
     return Gateway(
@@ -370,8 +379,8 @@ _KIND_NAMES = {
 
 
 def _resolve(base: Path, text: str) -> Path:
-    path = Path(text).expanduser()
-    return path if path.is_absolute() else (base / path)
+    # normpath, not resolve(): '..' goes, but symlinked folders keep the name the user gave.
+    return Path(os.path.normpath(base / Path(text).expanduser()))
 
 
 def _between(low: int, high: int) -> Callable[[Any], str | None]:

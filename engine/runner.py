@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import secrets
 import signal
 import time
@@ -33,7 +32,6 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import IntEnum
-from pathlib import Path
 
 from engine import __version__
 from engine.client import GatewayClient, SearchResult
@@ -659,7 +657,7 @@ def _complete(runner: JobRunner) -> None:
     # A later run on the same day replaces an earlier one's partition instead of doubling it.
     superseded = [p for p in state.parts() if p.run_date == run.run_date and p.run_id != run.run_id]
     if superseded:
-        state.drop_parts([p.name for p in superseded])
+        state.drop_parts(superseded)
         runner.feed.delete_parts(superseded)
     runner.feed.mark_complete(runner.manifest())
     state.complete_run(run.run_id)
@@ -691,7 +689,5 @@ async def _gateway(
 
 
 def _token_store(job: Job) -> TokenStore | None:
-    if job.gateway.endpoint == SANDBOX:
-        return None
-    path = os.environ.get("IMG1688_TOKEN_FILE")
-    return TokenStore(Path(path)) if path else TokenStore.default()
+    # The embedded sandbox's tokens are throwaway: keep them out of the user's token store.
+    return None if job.gateway.endpoint == SANDBOX else TokenStore.default()

@@ -77,12 +77,13 @@ CREATE TABLE IF NOT EXISTS images (
 );
 CREATE INDEX IF NOT EXISTS images_by_status ON images (run_id, status);
 CREATE TABLE IF NOT EXISTS parts (
-    name       TEXT PRIMARY KEY,
+    name       TEXT NOT NULL,
     run_id     TEXT NOT NULL,
     kind       TEXT NOT NULL,
     run_date   TEXT NOT NULL,
     rows       INTEGER NOT NULL,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (kind, name)
 );
 """
 
@@ -378,14 +379,17 @@ class StateStore:
         parts: list[PartRecord],
         exported: list[tuple[str, str]],
         *,
-        replacing: Sequence[str] = (),
+        replacing: Sequence[PartRecord] = (),
     ) -> None:
         """Register new Parquet parts, mark their images exported and unregister the parts
         they replace, in one transaction."""
         now = utc_now().isoformat()
         image_part = next((p.name for p in parts if p.kind == "images"), None)
         with self.transaction() as db:
-            db.executemany("DELETE FROM parts WHERE name = ?", [(n,) for n in replacing])
+            db.executemany(
+                "DELETE FROM parts WHERE kind = ? AND name = ?",
+                [(p.kind, p.name) for p in replacing],
+            )
             db.executemany(
                 "INSERT INTO parts (name, run_id, kind, run_date, rows, created_at)"
                 " VALUES (?,?,?,?,?,?)",
@@ -404,9 +408,11 @@ class StateStore:
             args = (run_id,)
         return [PartRecord(*row) for row in self.db.execute(query + " ORDER BY name", args)]
 
-    def drop_parts(self, names: list[str]) -> None:
+    def drop_parts(self, parts: Sequence[PartRecord]) -> None:
         with self.transaction() as db:
-            db.executemany("DELETE FROM parts WHERE name = ?", [(n,) for n in names])
+            db.executemany(
+                "DELETE FROM parts WHERE kind = ? AND name = ?", [(p.kind, p.name) for p in parts]
+            )
 
 
 _IMAGE_FIELDS = (
