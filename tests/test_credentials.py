@@ -1,0 +1,191 @@
+"""Credentials from environment and file, their redaction, and the 0600 token store."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from engine.credentials import Credentials, StoredToken, TokenStore, load_credentials
+from engine.errors import ConfigError
+
+SECRET = "app-secret-4f1c"
+TOKEN = "access-token-9b2e"
+REFRESH = "refresh-token-77aa"
+
+
+def write_file(path: Path, text: str, mode: int = 0o600) -> Path:
+    path.write_text(text, encoding="utf-8")
+    path.chmod(mode)
+    return path
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_environment_alone() -> None:
+    env = {
+        "IMG1688_APP_KEY": "key1",
+        "IMG1688_APP_SECRET": SECRET,
+        "IMG1688_ACCESS_TOKEN": TOKEN,
+        "HOME": "/nonexistent",
+    }
+    assert load_credentials(env) == Credentials("key1", SECRET, TOKEN, None)
+
+
+def test_environment_overrides_the_file_key_by_key(tmp_path: Path) -> None:
+    file = write_file(
+        tmp_path / "c.toml",
+        f'app_key = "file-key"\napp_secret = "file-secret"\nrefresh_token = "{REFRESH}"\n',
+    )
+    env = {"IMG1688_APP_SECRET": SECRET, "IMG1688_ACCESS_TOKEN": TOKEN}
+    creds = load_credentials(env, file=file)
+    assert creds == Credentials("file-key", SECRET, TOKEN, REFRESH)
+
+
+def test_empty_variables_do_not_override(tmp_path: Path) -> None:
+    file = write_file(tmp_path / "c.toml", 'app_key = "k"\napp_secret = "file-secret"\n')
+    creds = load_credentials({"IMG1688_APP_SECRET": ""}, file=file)
+    assert creds.app_secret == "file-secret"
+
+
+def test_file_from_variable_then_default_location(tmp_path: Path) -> None:
+    named = write_file(tmp_path / "named.toml", 'app_key = "named"\napp_secret = "s1"\n')
+    home = tmp_path / "home"
+    default = home / ".config" / "img1688" / "credentials.toml"
+    default.parent.mkdir(parents=True)
+    write_file(default, 'app_key = "default"\napp_secret = "s2"\n')
+    env = {"HOME": str(home)}
+    assert load_credentials(env).app_key == "default"
+    assert load_credentials({**env, "IMG1688_CREDENTIALS": str(named)}).app_key == "named"
+    assert load_credentials(env, file=named).app_key == "named"
+
+
+def test_missing_secret_names_the_variable_and_where_it_looked(tmp_path: Path) -> None:
+    file = write_file(tmp_path / "c.toml", f'app_key = "k"\naccess_token = "{TOKEN}"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_credentials({"HOME": str(tmp_path)}, file=file)
+    message = str(caught.value)
+    assert "IMG1688_APP_SECRET" in message
+    assert str(file) in message
+    assert "IMG1688_APP_KEY" not in message
+    assert TOKEN not in message
+
+
+def test_missing_both_without_a_file() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_credentials({"HOME": "/nonexistent"})
+    message = str(caught.value)
+    assert "IMG1688_APP_KEY" in message and "IMG1688_APP_SECRET" in message
+    assert "no credentials file" in message
+
+
+def test_a_named_file_that_does_not_exist(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_credentials({"IMG1688_CREDENTIALS": str(tmp_path / "absent.toml")})
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('app_key = "k"\nappsecret = "x"\n', "unknown key(s) appsecret"),
+        ('app_key = "k"\napp_secret = 12\n', "app_secret must be a string"),
+        ('app_key = "k"\napp_secret = "unterminated\n', "not valid TOML"),
+    ],
+)
+def test_malformed_file(tmp_path: Path, text: str, fragment: str) -> None:
+    file = write_file(tmp_path / "c.toml", text)
+    with pytest.raises(ConfigError) as caught:
+        load_credentials({}, file=file)
+    assert fragment in str(caught.value)
+    assert "unterminated" not in str(caught.value)
+
+
+def test_warns_when_the_file_is_readable_by_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    file = write_file(tmp_path / "c.toml", f'app_key = "k"\napp_secret = "{SECRET}"\n', 0o644)
+    with caplog.at_level(logging.WARNING, logger="engine.credentials"):
+        load_credentials({}, file=file)
+    assert "chmod 600" in caplog.text
+    assert SECRET not in caplog.text
+    caplog.clear()
+    file.chmod(0o600)
+    with caplog.at_level(logging.WARNING, logger="engine.credentials"):
+        load_credentials({}, file=file)
+    assert caplog.text == ""
+
+
+def test_repr_shows_only_the_app_key() -> None:
+    creds = Credentials("key1", SECRET, TOKEN, REFRESH)
+    for text in (repr(creds), str(creds), f"{creds}", repr([creds])):
+        assert "key1" in text
+        for secret in (SECRET, TOKEN, REFRESH):
+            assert secret not in text
+    assert "access_token=None" in repr(Credentials("key1", SECRET))
+    assert creds.secrets() == (SECRET, TOKEN, REFRESH)
+    assert Credentials("key1", SECRET).secrets() == (SECRET,)
+
+
+def test_token_store_round_trip_and_mode(tmp_path: Path) -> None:
+    store = TokenStore(tmp_path / "deep" / "tokens.json")
+    assert store.load("key1") is None
+    store.save("key1", TOKEN, REFRESH, 1_900_000_000.0)
+    store.save("key2", "other-token", None, None)
+    assert mode_of(store.path) == 0o600
+    assert mode_of(store.path.parent) == 0o700
+    assert store.load("key1") == StoredToken(TOKEN, REFRESH, 1_900_000_000.0)
+    assert store.load("key2") == StoredToken("other-token", None, None)
+    store.save("key1", "newer-token", REFRESH, 1_900_000_100.0)
+    assert store.load("key1") == StoredToken("newer-token", REFRESH, 1_900_000_100.0)
+    assert store.load("key2") is not None
+    assert json.loads(store.path.read_text())["key1"]["access_token"] == "newer-token"
+    assert [p.name for p in store.path.parent.iterdir()] == ["tokens.json"]
+
+
+def test_token_store_tightens_a_wider_file(tmp_path: Path) -> None:
+    path = write_file(tmp_path / "tokens.json", "{}", 0o644)
+    TokenStore(path).save("key1", TOKEN, None, None)
+    assert mode_of(path) == 0o600
+
+
+def test_token_store_ignores_a_corrupt_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write_file(tmp_path / "tokens.json", "{not json")
+    store = TokenStore(path)
+    assert store.load("key1") is None
+    assert "unreadable" in caplog.text
+    store.save("key1", TOKEN, None, None)
+    assert store.load("key1") == StoredToken(TOKEN, None, None)
+
+
+def test_token_store_default_location(tmp_path: Path) -> None:
+    assert TokenStore.default({"IMG1688_TOKEN_FILE": str(tmp_path / "t.json")}).path == (
+        tmp_path / "t.json"
+    )
+    assert TokenStore.default({"HOME": str(tmp_path)}).path == (
+        tmp_path / ".config" / "img1688" / "tokens.json"
+    )
+
+
+def test_stored_token_validity_and_repr() -> None:
+    token = StoredToken(TOKEN, REFRESH, 1000.0)
+    assert token.valid(now=999.0) and not token.valid(now=1000.0)
+    assert StoredToken(TOKEN, None, None).valid()
+    assert TOKEN not in repr(token) and REFRESH not in repr(token)
+
+
+def test_token_store_file_is_never_created_wider(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        store = TokenStore(tmp_path / "tokens.json")
+        store.save("key1", TOKEN, None, None)
+    finally:
+        os.umask(old)
+    assert mode_of(store.path) == 0o600
