@@ -42,6 +42,7 @@ from engine.errors import (
     FatalGatewayError,
     GatewayError,
     ImageRejected,
+    RateLimited,
     StorageError,
     TransientError,
 )
@@ -137,7 +138,8 @@ class JobRunner:
         self.request_key = json.dumps(job.request_key(), sort_keys=True)
         self.counters = Counters()
         self.report = DiscoveryReport()
-        self.limited = False
+        self.stopped_early: str | None = None
+        """Why this invocation stops before the end (--limit, call budget), winding down."""
         self._in_search: dict[str, _Search] = {}
         self._consecutive_failures = 0
         ttl = timedelta(days=job.engine.reuse_ttl_days)
@@ -164,7 +166,7 @@ class JobRunner:
                     exporter.result()
                 raise Interrupted(self.stop_signal() or signal.SIGINT)
             pipeline.result()
-            if not self.limited:
+            if self.stopped_early is None:
                 self.state.forget_unfinished(self.run.run_id)
         finally:
             stopper.cancel()
@@ -189,6 +191,8 @@ class JobRunner:
     async def _produce(self, preparers: int) -> None:
         new_work = 0
         async for candidate in discover(self.job.inputs, self.report):
+            if self.stopped_early is not None:
+                break
             self.counters.discovered += 1
             path = str(candidate.path)
             record = self.state.image(self.run.run_id, path)
@@ -207,7 +211,7 @@ class JobRunner:
                 await self._to_export.put(path)
                 continue
             if self.job.limit is not None and new_work >= self.job.limit:
-                self.limited = True
+                self.stopped_early = f"stopped at --limit {self.job.limit}"
                 self.counters.discovered -= 1
                 break
             new_work += 1
@@ -254,6 +258,8 @@ class JobRunner:
 
     async def _prepare_loop(self) -> None:
         while (candidate := await self._to_prepare.get()) is not _END:
+            if self.stopped_early is not None:
+                continue  # winding down: leave it pending, spend no more CPU on it
             path = str(candidate.path)
             prepared = await self.pool.prepare(candidate.path)
             if not isinstance(prepared, PreparedImage):
@@ -299,53 +305,55 @@ class JobRunner:
             await self._search(search)
 
     async def _search(self, search: _Search) -> None:
-        run_id = self.run.run_id
+        if self.stopped_early is not None:
+            self._leave_pending(search)
+            return
         for path in search.paths:
-            self.state.set_status(run_id, path, "in_flight")
+            self.state.set_status(self.run.run_id, path, "in_flight")
         try:
             result = await self.client.search(search.prepared.jpeg, self.job.search_filters)
-        except ImageRejected as exc:
-            self._finish_search(search)
-            self._consecutive_failures = 0
-            for path in search.paths:
-                self.state.set_status(
-                    run_id,
-                    path,
-                    "failed",
-                    reason="gateway_rejected",
-                    message=f"{exc.code}: {exc.message}",
-                    attempts=1,
-                )
-            await self._export_all(search.paths)
+        except BudgetExhausted as exc:
+            # Wind down instead of cancelling: the other searchers' calls already admitted
+            # complete and are stored, so no paid-for answer is thrown away.
+            self.stopped_early = str(exc)
+            self._leave_pending(search)
             return
-        except TransientError as exc:
-            self._finish_search(search)
+        except ImageRejected as exc:
+            self._consecutive_failures = 0
+            await self._fail(search, "gateway_rejected", f"{exc.code}: {exc.message}", 1)
+            return
+        except (TransientError, RateLimited) as exc:
             self._consecutive_failures += 1
-            for path in search.paths:
-                self.state.set_status(
-                    run_id,
-                    path,
-                    "failed",
-                    reason="retries_exhausted",
-                    message=f"gave up after {self.job.gateway.retry.attempts} attempts: {exc}",
-                    attempts=self.job.gateway.retry.attempts,
-                )
-            await self._export_all(search.paths)
+            attempts = self.job.gateway.retry.attempts
+            await self._fail(
+                search, "retries_exhausted", f"gave up after {attempts} attempts: {exc}", attempts
+            )
             if self._consecutive_failures >= self.job.engine.max_consecutive_failures:
                 raise GatewayFailing(
                     f"{self._consecutive_failures} images in a row exhausted their retries;"
                     f" last error: {exc}"
                 ) from None
             return
-        except (FatalGatewayError, BudgetExhausted, GatewayError):
-            # Not this image's fault: leave it pending for the next invocation.
-            self._finish_search(search)
-            for path in search.paths:
-                self.state.set_status(run_id, path, "pending")
+        except GatewayError:
+            # Fatal for the job, not this image's fault: leave it pending for the next run.
+            self._leave_pending(search)
             raise
         self._consecutive_failures = 0
         self.counters.searched += 1
         self._store(search, result)
+        await self._export_all(search.paths)
+
+    def _leave_pending(self, search: _Search) -> None:
+        self._finish_search(search)
+        for path in search.paths:
+            self.state.set_status(self.run.run_id, path, "pending")
+
+    async def _fail(self, search: _Search, reason: str, message: str, attempts: int) -> None:
+        self._finish_search(search)
+        for path in search.paths:
+            self.state.set_status(
+                self.run.run_id, path, "failed", reason=reason, message=message, attempts=attempts
+            )
         await self._export_all(search.paths)
 
     def _finish_search(self, search: _Search) -> None:
@@ -411,7 +419,7 @@ class JobRunner:
     def run_complete(self) -> bool:
         counts = self.state.counts(self.run.run_id)
         unfinished = sum(n for status, n in counts.items() if status != "exported")
-        return not self.limited and unfinished == 0
+        return self.stopped_early is None and unfinished == 0
 
     def summary(self) -> dict[str, object]:
         run_id = self.run.run_id
@@ -586,8 +594,9 @@ async def _execute(runner: JobRunner) -> RunOutcome:
     except Exception as exc:  # every stop becomes an outcome; unknown causes re-raise
         code, message = _why_stopped(exc)
         return _stopped(runner, code, message)
-    if runner.limited:
-        return _stopped(runner, ExitCode.STOPPED_EARLY, "stopped at --limit; run again to continue")
+    if runner.stopped_early is not None:
+        message = f"{runner.stopped_early}; run the same command again to continue"
+        return _stopped(runner, ExitCode.STOPPED_EARLY, message)
     if not runner.run_complete():
         return _stopped(runner, ExitCode.STOPPED_EARLY, "some images are still pending")
     _complete(runner)
@@ -639,10 +648,6 @@ _STOP_CAUSES: tuple[tuple[type[BaseException], _Describe], ...] = (
             ExitCode.FATAL_GATEWAY,
             f"{e}. The gateway looks down; run again later to continue.",
         ),
-    ),
-    (
-        BudgetExhausted,
-        lambda e: (ExitCode.STOPPED_EARLY, f"{e}; run the same command again to continue"),
     ),
     (Interrupted, _interrupted),
     (

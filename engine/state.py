@@ -207,11 +207,7 @@ class StateStore:
     # -- runs -----------------------------------------------------------------------------
 
     def latest_run(self) -> Run | None:
-        row = self.db.execute(
-            "SELECT run_id, run_date, started_at, fingerprint, completed_at FROM runs"
-            " ORDER BY started_at DESC, rowid DESC LIMIT 1"
-        ).fetchone()
-        return Run(*row) if row else None
+        return _latest_run(self.db)
 
     def start_run(self, run_id: str, run_date: str, fingerprint: str) -> Run:
         started = utc_now().isoformat()
@@ -351,26 +347,13 @@ class StateStore:
         return [_image(r) for r in rows]
 
     def counts(self, run_id: str) -> dict[str, int]:
-        rows = self.db.execute(
-            "SELECT status, count(*) FROM images WHERE run_id = ? GROUP BY status", (run_id,)
-        ).fetchall()
-        return {status: n for status, n in rows}
+        return _status_counts(self.db, run_id)
 
     def failure_counts(self, run_id: str) -> dict[str, int]:
-        rows = self.db.execute(
-            "SELECT reason, count(*) FROM images WHERE run_id = ? AND reason IS NOT NULL"
-            " GROUP BY reason",
-            (run_id,),
-        ).fetchall()
-        return {reason: n for reason, n in rows}
+        return _failure_counts(self.db, run_id)
 
     def run_totals(self, run_id: str) -> dict[str, int]:
-        row = self.db.execute(
-            "SELECT count(*), coalesce(sum(calls), 0), coalesce(sum(reused), 0)"
-            " FROM images WHERE run_id = ?",
-            (run_id,),
-        ).fetchone()
-        return {"images": row[0], "calls": row[1], "reused": row[2]}
+        return _run_totals(self.db, run_id)
 
     # -- parts ----------------------------------------------------------------------------
 
@@ -470,6 +453,39 @@ def _read_pid(fd: int) -> str:
         return ""
 
 
+def _status_counts(db: sqlite3.Connection, run_id: str) -> dict[str, int]:
+    rows = db.execute(
+        "SELECT status, count(*) FROM images WHERE run_id = ? GROUP BY status", (run_id,)
+    ).fetchall()
+    return dict(rows)
+
+
+def _failure_counts(db: sqlite3.Connection, run_id: str) -> dict[str, int]:
+    rows = db.execute(
+        "SELECT reason, count(*) FROM images WHERE run_id = ? AND reason IS NOT NULL"
+        " GROUP BY reason",
+        (run_id,),
+    ).fetchall()
+    return dict(rows)
+
+
+def _run_totals(db: sqlite3.Connection, run_id: str) -> dict[str, int]:
+    images, calls, reused = db.execute(
+        "SELECT count(*), coalesce(sum(calls), 0), coalesce(sum(reused), 0)"
+        " FROM images WHERE run_id = ?",
+        (run_id,),
+    ).fetchone()
+    return {"images": images, "calls": calls, "reused": reused}
+
+
+def _latest_run(db: sqlite3.Connection) -> Run | None:
+    row = db.execute(
+        "SELECT run_id, run_date, started_at, fingerprint, completed_at FROM runs"
+        " ORDER BY started_at DESC, rowid DESC LIMIT 1"
+    ).fetchone()
+    return Run(*row) if row else None
+
+
 def snapshot(out: Path) -> dict[str, object] | None:
     """A read-only view of a job's state, safe while a run holds the lock (WAL readers never
     block the writer). ``None`` when ``out`` holds no checkpoint database."""
@@ -478,42 +494,21 @@ def snapshot(out: Path) -> dict[str, object] | None:
         return None
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        row = db.execute(
-            "SELECT run_id, run_date, started_at, fingerprint, completed_at FROM runs"
-            " ORDER BY started_at DESC, rowid DESC LIMIT 1"
-        ).fetchone()
-        if row is None:
+        run = _latest_run(db)
+        if run is None:
             return {"run": None}
-        run = Run(*row)
-        statuses = dict(
-            db.execute(
-                "SELECT status, count(*) FROM images WHERE run_id = ? GROUP BY status",
-                (run.run_id,),
-            ).fetchall()
-        )
-        failures = dict(
-            db.execute(
-                "SELECT reason, count(*) FROM images WHERE run_id = ? AND reason IS NOT NULL"
-                " GROUP BY reason",
-                (run.run_id,),
-            ).fetchall()
-        )
-        calls, reused = db.execute(
-            "SELECT coalesce(sum(calls), 0), coalesce(sum(reused), 0) FROM images WHERE run_id = ?",
-            (run.run_id,),
-        ).fetchone()
-        stored = db.execute("SELECT count(*) FROM responses").fetchone()[0]
+        totals = _run_totals(db, run.run_id)
+        return {
+            "run": run.run_id,
+            "run_date": run.run_date,
+            "started_at": run.started_at,
+            "completed_at": run.completed_at,
+            "state": "complete" if run.completed_at else "unfinished",
+            "images": _status_counts(db, run.run_id),
+            "failures": _failure_counts(db, run.run_id),
+            "calls": totals["calls"],
+            "reused_answers": totals["reused"],
+            "stored_answers": db.execute("SELECT count(*) FROM responses").fetchone()[0],
+        }
     finally:
         db.close()
-    return {
-        "run": run.run_id,
-        "run_date": run.run_date,
-        "started_at": run.started_at,
-        "completed_at": run.completed_at,
-        "state": "complete" if run.completed_at else "unfinished",
-        "images": statuses,
-        "failures": failures,
-        "calls": calls,
-        "reused_answers": reused,
-        "stored_answers": stored,
-    }

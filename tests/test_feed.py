@@ -73,7 +73,6 @@ def test_a_full_disk_is_a_storage_error(tmp_path: Path) -> None:
 
 
 def test_a_second_store_on_the_same_directory_is_refused(tmp_path: Path) -> None:
-    with StateStore(tmp_path):
-        with pytest.raises(StorageError, match="in use by another img1688 process"):
-            StateStore(tmp_path)
+    with StateStore(tmp_path), pytest.raises(StorageError, match="in use by another img1688"):
+        StateStore(tmp_path)
     StateStore(tmp_path).close()  # released with the first
