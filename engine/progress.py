@@ -63,7 +63,8 @@ class Progress:
         eta = f"{c.pending / rate:,.0f}s" if rate > 0 and c.pending else "-"
         return (
             f"done {c.already_done + c.exported_ok:,} | failed {c.exported_failed:,} | "
-            f"pending {c.pending:,} | calls {self.gate.calls_in_window()}/{self.gate.rate.calls} "
+            f"pending {c.pending:,} | searched {c.searched:,}, reused {c.reused:,} | "
+            f"calls {self.gate.calls_in_window()}/{self.gate.rate.calls} "
             f"per {self.gate.rate.period:g}s (spent {self.gate.spent:,}) | ETA {eta}"
         )
 

@@ -138,6 +138,7 @@ class JobRunner:
         self.request_key = json.dumps(job.request_key(), sort_keys=True)
         self.counters = Counters()
         self.report = DiscoveryReport()
+        self._calls_before = state.calls_spent(run.run_id)
         self.stopped_early: str | None = None
         """Why this invocation stops before the end (--limit, call budget), winding down."""
         self._in_search: dict[str, _Search] = {}
@@ -308,6 +309,13 @@ class JobRunner:
         if self.stopped_early is not None:
             self._leave_pending(search)
             return
+        try:
+            await self._search_once(search)
+        finally:
+            # Every call counts, answered or not: a kill loses at most the calls in flight.
+            self.state.record_calls(self.run.run_id, self._calls_before + self.gate.spent)
+
+    async def _search_once(self, search: _Search) -> None:
         for path in search.paths:
             self.state.set_status(self.run.run_id, path, "in_flight")
         try:
@@ -432,10 +440,10 @@ class JobRunner:
             "images": totals["images"],
             "status": counts,
             "failures": self.state.failure_counts(run_id),
-            "calls_this_run": totals["calls"],
+            "calls_this_run": self._calls_before + self.gate.spent,
             "calls_this_invocation": self.gate.spent,
             "reused_answers": totals["reused"],
-            "searched_this_invocation": self.counters.searched,
+            "searched": totals["searched"],
             "elapsed_seconds": round(time.monotonic() - self.counters.started, 2),
             "rate": str(self.gate.rate),
             "unreadable": self.report.unreadable,

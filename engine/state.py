@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS runs (
     run_date     TEXT NOT NULL,
     started_at   TEXT NOT NULL,
     fingerprint  TEXT NOT NULL,
-    completed_at TEXT
+    completed_at TEXT,
+    calls        INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS responses (
     id          INTEGER PRIMARY KEY,
@@ -217,6 +218,15 @@ class StateStore:
                 (run_id, run_date, started, fingerprint),
             )
         return Run(run_id, run_date, started, fingerprint, None)
+
+    def calls_spent(self, run_id: str) -> int:
+        """Gateway calls this run has spent, over all its invocations, lost ones included."""
+        row = self.db.execute("SELECT calls FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def record_calls(self, run_id: str, calls: int) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET calls = ? WHERE run_id = ?", (calls, run_id))
 
     def complete_run(self, run_id: str) -> None:
         with self.transaction() as db:
@@ -470,12 +480,12 @@ def _failure_counts(db: sqlite3.Connection, run_id: str) -> dict[str, int]:
 
 
 def _run_totals(db: sqlite3.Connection, run_id: str) -> dict[str, int]:
-    images, calls, reused = db.execute(
-        "SELECT count(*), coalesce(sum(calls), 0), coalesce(sum(reused), 0)"
-        " FROM images WHERE run_id = ?",
+    images, calls, reused, searched = db.execute(
+        "SELECT count(*), coalesce(sum(calls), 0), coalesce(sum(reused), 0),"
+        " coalesce(sum(calls > 0), 0) FROM images WHERE run_id = ?",
         (run_id,),
     ).fetchone()
-    return {"images": images, "calls": calls, "reused": reused}
+    return {"images": images, "calls": calls, "reused": reused, "searched": searched}
 
 
 def _latest_run(db: sqlite3.Connection) -> Run | None:
@@ -498,6 +508,7 @@ def snapshot(out: Path) -> dict[str, object] | None:
         if run is None:
             return {"run": None}
         totals = _run_totals(db, run.run_id)
+        calls = db.execute("SELECT calls FROM runs WHERE run_id = ?", (run.run_id,)).fetchone()
         return {
             "run": run.run_id,
             "run_date": run.run_date,
@@ -506,8 +517,9 @@ def snapshot(out: Path) -> dict[str, object] | None:
             "state": "complete" if run.completed_at else "unfinished",
             "images": _status_counts(db, run.run_id),
             "failures": _failure_counts(db, run.run_id),
-            "calls": totals["calls"],
+            "calls": calls[0],
             "reused_answers": totals["reused"],
+            "searched": totals["searched"],
             "stored_answers": db.execute("SELECT count(*) FROM responses").fetchone()[0],
         }
     finally:

@@ -12,6 +12,7 @@ import duckdb
 import pyarrow.dataset as ds
 import pytest
 
+from engine.cli import main
 from engine.commands.reclean import reclean
 from engine.credentials import Credentials
 from engine.jobfile import Job, parse_job
@@ -321,3 +322,24 @@ async def test_the_rate_is_respected_and_used(query_dir: Path, tmp_path: Path) -
     for i, start in enumerate(arrivals):
         in_window = [t for t in arrivals[i:] if t - start < rate.period]
         assert len(in_window) <= rate.calls
+
+
+async def test_status_reports_a_job_without_running_it(
+    sandbox: Sandbox, query_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    job = make_job(query_dir, out, sandbox.url)
+    stopped = await run_job(job.with_overrides(max_calls=4), credentials=creds(sandbox.config))
+    calls = sandbox.stats()["total_calls"]
+    capsys.readouterr()
+
+    assert main(["status", str(out), "--json"]) == 0
+    state = json.loads(capsys.readouterr().out)
+
+    assert state["run"] == stopped.run_id
+    assert state["state"] == "unfinished"
+    assert state["success_marker"] is False
+    assert state["calls"] == calls == 4
+    assert sum(state["images"].values()) >= 2
+    assert sandbox.stats()["total_calls"] == calls
+    assert main(["status", str(tmp_path / "nowhere")]) == 2
