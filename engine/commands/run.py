@@ -9,8 +9,11 @@ import signal
 import sys
 from pathlib import Path
 
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
 from engine.errors import ConfigError
-from engine.jobfile import load_job
+from engine.jobfile import Job, load_job
 from engine.ratelimit import Rate
 from engine.runner import ExitCode, RunOutcome, run_job
 
@@ -72,7 +75,7 @@ def handle(args: argparse.Namespace) -> int:
     return int(outcome.exit_code)
 
 
-async def _run(job, *, fresh: bool) -> RunOutcome:  # type: ignore[no-untyped-def]
+async def _run(job: Job, *, fresh: bool) -> RunOutcome:
     stop = asyncio.Event()
     received: list[int] = []
 
@@ -95,18 +98,38 @@ async def _run(job, *, fresh: bool) -> RunOutcome:  # type: ignore[no-untyped-de
 def _report(outcome: RunOutcome, out: Path) -> None:
     if outcome.summary:
         print(json.dumps(outcome.summary, indent=2, default=str))
-    stream = (
-        sys.stdout
-        if outcome.exit_code in (ExitCode.OK, ExitCode.DONE_WITH_FAILURES)
-        else sys.stderr
+    finished = outcome.exit_code in (ExitCode.OK, ExitCode.DONE_WITH_FAILURES)
+    print(f"img1688: {outcome.message}", file=sys.stdout if finished else sys.stderr)
+    if not finished or outcome.run_id is None:
+        return
+    print("\nBest match per photo (first rows):")
+    print(_preview(out, outcome.run_id))
+    print(
+        f"\nParquet feed: {out}/matches (offers) and {out}/images (one row per photo)\n"
+        "Read it with DuckDB, Polars or pandas (docs/schema.md), e.g. in Python:\n"
+        '  import duckdb; duckdb.sql("SELECT query_path, rank, item_id, title, price_min,'
+        f" min_order, city FROM read_parquet('{out}/matches/**/*.parquet',"
+        ' hive_partitioning = true) ORDER BY query_path, rank").show()'
     )
-    print(f"img1688: {outcome.message}", file=stream)
-    if outcome.exit_code in (ExitCode.OK, ExitCode.DONE_WITH_FAILURES):
-        print(
-            f"\nParquet feed: {out}/matches (offers) and {out}/images (one row per photo)\n"
-            "Read it with DuckDB:\n"
-            f'  duckdb -c "SELECT query_path, rank, item_id, title, price_min, min_order, city'
-            f" FROM read_parquet('{out}/matches/**/*.parquet', hive_partitioning = true)"
-            ' ORDER BY query_path, rank"\n'
-            "or pandas: pd.read_parquet('" + str(out / "matches") + "')"
-        )
+
+
+def _money(value: object) -> str:
+    return "?" if value is None else f"{value:.2f}"
+
+
+def _preview(out: Path, run_id: str, rows: int = 12) -> str:
+    """The best offer of the first photos of the run, read back from the feed itself."""
+    matches = ds.dataset(out / "matches", format="parquet", partitioning="hive")
+    table = matches.to_table(
+        columns=["query_path", "title", "price_min", "min_order", "unit", "city", "offer_url"],
+        filter=(pc.field("run_id") == run_id) & (pc.field("rank") == 1),
+    ).sort_by("query_path")
+    lines = [
+        f"  {Path(r['query_path']).name:<22} {_money(r['price_min']):>8} CNY"
+        f"  MOQ {r['min_order'] or '?'}{r['unit'] or ''}  {r['city'] or '?'}  {r['title']}"
+        f"  {r['offer_url']}"
+        for r in table.slice(0, rows).to_pylist()
+    ]
+    if table.num_rows > rows:
+        lines.append(f"  ... and {table.num_rows - rows} more photos")
+    return "\n".join(lines) if lines else "  (no offers kept by the filters)"
