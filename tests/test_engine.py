@@ -343,3 +343,29 @@ async def test_status_reports_a_job_without_running_it(
     assert sum(state["images"].values()) >= 2
     assert sandbox.stats()["total_calls"] == calls
     assert main(["status", str(tmp_path / "nowhere")]) == 2
+
+
+def test_img1688_run_with_the_embedded_sandbox_shows_offers(
+    tmp_path: Path, write_job, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photos = tmp_path / "few"
+    photos.mkdir()
+    for name in ("q001.jpg", "q002.jpg", "q003.jpg"):
+        shutil.copy(SAMPLES / "queries" / name, photos / name)
+    job = write_job(
+        inputs={"paths": [str(photos)]},
+        output={"dir": str(tmp_path / "out")},
+        gateway={"endpoint": "sandbox", "rate": "100/1s"},
+    )
+
+    code = main(["run", str(job)])
+
+    printed = capsys.readouterr().out
+    assert code == ExitCode.OK
+    assert "Best match per photo" in printed
+    truth = json.loads((SAMPLES / "truth.json").read_text())
+    for name in ("q001.jpg", "q002.jpg", "q003.jpg"):
+        line = next(line for line in printed.splitlines() if line.strip().startswith(name))
+        assert f"/offer/{truth['queries/' + name]}.html" in line
+    summary = json.loads(printed[: printed.index("\nimg1688:")])
+    assert summary["searched"] == 3 and summary["calls_this_run"] == 6
