@@ -12,6 +12,16 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "sample_images"
 
 
+@pytest.fixture(autouse=True)
+def private_token_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Refreshed tokens go to a file of the test's own, never to the user's token store, and
+    no test sees another's tokens."""
+    path = tmp_path / "tokens.json"
+    monkeypatch.setenv("IMG1688_TOKEN_FILE", str(path))
+    monkeypatch.delenv("IMG1688_CREDENTIALS", raising=False)
+    return path
+
+
 @pytest.fixture
 def query_dir(tmp_path: Path) -> Path:
     """A private copy of the sample buyer photos (tests may add, change or delete files)."""

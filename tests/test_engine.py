@@ -369,3 +369,30 @@ def test_img1688_run_with_the_embedded_sandbox_shows_offers(
         assert f"/offer/{truth['queries/' + name]}.html" in line
     summary = json.loads(printed[: printed.index("\nimg1688:")])
     assert summary["searched"] == 3 and summary["calls_this_run"] == 6
+
+
+async def test_no_secret_reaches_the_output_or_the_logs(
+    query_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, private_token_store: Path
+) -> None:
+    config = SandboxConfig(
+        rate=FAST,
+        app_secret="S3cr3t-app-secret-123",
+        access_token="T0ken-access-456",
+        refresh_token="R3fresh-token-789",
+        token_ttl=0.5,  # forces a refresh mid-run, so the new token must stay secret too
+    )
+    out = tmp_path / "out"
+    caplog.set_level("DEBUG")
+    async with Sandbox(config) as sandbox:
+        job = make_job(query_dir, out, sandbox.url, gateway={"rate": "20/1s"})
+        outcome = await run_job(job, credentials=creds(config))
+        refreshes = sandbox.stats()["calls"].get("system.oauth2.getToken", 0)
+    assert outcome.exit_code == ExitCode.OK, outcome.message
+    assert refreshes >= 1
+    assert private_token_store.stat().st_mode & 0o777 == 0o600  # the refreshed token's home
+    secrets = [config.app_secret, config.access_token, config.refresh_token]
+    written = b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file())
+    logged = caplog.text + json.dumps(outcome.summary, default=str) + outcome.message
+    for secret in secrets:
+        assert secret.encode() not in written
+        assert secret not in logged
