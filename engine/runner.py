@@ -197,18 +197,15 @@ class JobRunner:
             self.counters.discovered += 1
             path = str(candidate.path)
             record = self.state.image(self.run.run_id, path)
-            unchanged = (
-                record is not None
-                and record.size == candidate.size
-                and record.mtime_ns == candidate.mtime_ns
-            )
-            if unchanged and record is not None and record.status == "exported":
+            # Within a run, a photo with rows (or an answer) is settled even if the file has
+            # changed since: its rows stay exactly once, and the next run sees the change.
+            if record is not None and record.status == "exported":
                 self.counters.already_done += 1
                 continue
-            if unchanged and record is not None and record.status in ("fetched", "failed"):
+            if record is not None and record.status in ("fetched", "failed"):
                 await self._to_export.put(path)
                 continue
-            if not unchanged and self._reuse_previous(candidate):
+            if self._reuse_previous(candidate):
                 await self._to_export.put(path)
                 continue
             if self.job.limit is not None and new_work >= self.job.limit:
@@ -216,6 +213,11 @@ class JobRunner:
                 self.counters.discovered -= 1
                 break
             new_work += 1
+            unchanged = (
+                record is not None
+                and record.size == candidate.size
+                and record.mtime_ns == candidate.mtime_ns
+            )
             if not unchanged:
                 self.state.put_image(_new_record(self.run.run_id, candidate))
             await self._to_prepare.put(candidate)
@@ -223,7 +225,8 @@ class JobRunner:
             await self._to_prepare.put(_END)
 
     def _reuse_previous(self, candidate: Candidate) -> bool:
-        """An unchanged file (same path, size, mtime) with a fresh stored answer costs nothing."""
+        """A file unchanged since an earlier run (same path, size and mtime: the quick check
+        rsync makes) whose stored answer is fresh costs nothing: no preprocessing, no call."""
         path = str(candidate.path)
         previous = self.state.previous_image(
             self.run.run_id, path, candidate.size, candidate.mtime_ns

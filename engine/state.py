@@ -77,6 +77,7 @@ CREATE TABLE IF NOT EXISTS images (
     PRIMARY KEY (run_id, path)
 );
 CREATE INDEX IF NOT EXISTS images_by_status ON images (run_id, status);
+CREATE INDEX IF NOT EXISTS images_by_path ON images (path);
 CREATE TABLE IF NOT EXISTS parts (
     name       TEXT NOT NULL,
     run_id     TEXT NOT NULL,
