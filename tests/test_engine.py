@@ -396,3 +396,21 @@ async def test_no_secret_reaches_the_output_or_the_logs(
     for secret in secrets:
         assert secret.encode() not in written
         assert secret not in logged
+
+
+async def test_a_photo_changed_between_invocations_of_a_run_stays_exactly_once(
+    sandbox: Sandbox, query_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    job = make_job(query_dir, out, sandbox.url, engine={"searches": 1, "part_images": 1})
+    first = await run_job(job.with_overrides(max_calls=6), credentials=creds(sandbox.config))
+    assert first.exit_code == ExitCode.STOPPED_EARLY
+    exported = [r["query_path"] for r in read_table(out, "images").to_table().to_pylist()]
+    assert exported
+    Path(exported[0]).write_bytes(image_files(query_dir)[-1].read_bytes())
+
+    second = await run_job(job, credentials=creds(sandbox.config))
+
+    assert second.exit_code == ExitCode.OK, second.message
+    paths = read_table(out, "images").to_table().column("query_path").to_pylist()
+    assert Counter(paths) == Counter(map(str, image_files(query_dir)))
