@@ -734,7 +734,11 @@ class GatewayClient:
         started = time.monotonic()
         timeout = aiohttp.ClientTimeout(total=self._retry.timeout)
         try:
-            async with self._session.post(url, data=form, timeout=timeout) as response:
+            body = form_urlencode(form)
+            headers = {"Content-Type": "application/x-www-form-urlencoded"}
+            async with self._session.post(
+                url, data=body, headers=headers, timeout=timeout
+            ) as response:
                 raw = await response.read()
                 answer = _Answer(response.status, raw.decode("utf-8"), response.headers)
         except (TimeoutError, aiohttp.ServerTimeoutError):
@@ -824,6 +828,26 @@ class GatewayClient:
             status=error.status,
             request_id=error.request_id,
         )
+
+
+_ALWAYS_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+_FORM_ESCAPES = {
+    byte: "+" if byte == 0x20 else f"%{byte:02X}" for byte in range(256) if byte not in _ALWAYS_SAFE
+}
+
+
+def form_urlencode(form: Mapping[str, str]) -> bytes:
+    """``application/x-www-form-urlencoded`` body, byte for byte what ``urlencode`` gives.
+
+    ``urlencode`` quotes one character at a time in Python: about 4 ms for an 800 px image's
+    base64 on the event loop, again on every retry. ``str.translate`` over the UTF-8 bytes
+    (read as Latin-1, one character per byte) does the same in C.
+    """
+    return "&".join(f"{_form_quote(k)}={_form_quote(v)}" for k, v in form.items()).encode("ascii")
+
+
+def _form_quote(text: str) -> str:
+    return text.encode("utf-8").decode("latin-1").translate(_FORM_ESCAPES)
 
 
 def _log_retry(state: RetryCallState) -> None:

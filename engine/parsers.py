@@ -90,9 +90,13 @@ def parse_text(value: object) -> Parsed[str]:
     except UnicodeEncodeError:
         value = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
         note = "invalid unicode replaced"
-    text = "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in value)
+    text = _CONTROL_CHARACTERS.sub(" ", value)
     text = " ".join(text.split())
     return Parsed(text or None, note)
+
+
+_CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
+"""Unicode category Cc, exactly: C0 controls, DEL and C1 controls."""
 
 
 def parse_url(value: object) -> Parsed[str]:

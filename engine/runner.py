@@ -139,8 +139,11 @@ class JobRunner:
         self.counters = Counters()
         self.report = DiscoveryReport()
         self._calls_before = state.calls_spent(run.run_id)
-        self.stopped_early: str | None = None
-        """Why this invocation stops before the end (--limit, call budget), winding down."""
+        self._calls_recorded = 0
+        self.limit_reached = False
+        """``--limit`` stopped discovery: what is queued still finishes."""
+        self.budget_spent: str | None = None
+        """The call budget is spent: the pipeline winds down, leaving the rest pending."""
         self._in_search: dict[str, _Search] = {}
         self._consecutive_failures = 0
         ttl = timedelta(days=job.engine.reuse_ttl_days)
@@ -167,7 +170,7 @@ class JobRunner:
                     exporter.result()
                 raise Interrupted(self.stop_signal() or signal.SIGINT)
             pipeline.result()
-            if self.stopped_early is None:
+            if not self.stopped_early:
                 self.state.forget_unfinished(self.run.run_id)
         finally:
             stopper.cancel()
@@ -192,7 +195,7 @@ class JobRunner:
     async def _produce(self, preparers: int) -> None:
         new_work = 0
         async for candidate in discover(self.job.inputs, self.report):
-            if self.stopped_early is not None:
+            if self.budget_spent is not None:
                 break
             self.counters.discovered += 1
             path = str(candidate.path)
@@ -209,7 +212,7 @@ class JobRunner:
                 await self._to_export.put(path)
                 continue
             if self.job.limit is not None and new_work >= self.job.limit:
-                self.stopped_early = f"stopped at --limit {self.job.limit}"
+                self.limit_reached = True
                 self.counters.discovered -= 1
                 break
             new_work += 1
@@ -262,7 +265,7 @@ class JobRunner:
 
     async def _prepare_loop(self) -> None:
         while (candidate := await self._to_prepare.get()) is not _END:
-            if self.stopped_early is not None:
+            if self.budget_spent is not None:
                 continue  # winding down: leave it pending, spend no more CPU on it
             path = str(candidate.path)
             prepared = await self.pool.prepare(candidate.path)
@@ -309,14 +312,16 @@ class JobRunner:
             await self._search(search)
 
     async def _search(self, search: _Search) -> None:
-        if self.stopped_early is not None:
+        if self.budget_spent is not None:
             self._leave_pending(search)
             return
         try:
             await self._search_once(search)
         finally:
             # Every call counts, answered or not: a kill loses at most the calls in flight.
-            self.state.record_calls(self.run.run_id, self._calls_before + self.gate.spent)
+            if self._calls_recorded != self.gate.spent:
+                self._calls_recorded = self.gate.spent
+                self.state.record_calls(self.run.run_id, self._calls_before + self.gate.spent)
 
     async def _search_once(self, search: _Search) -> None:
         for path in search.paths:
@@ -326,7 +331,7 @@ class JobRunner:
         except BudgetExhausted as exc:
             # Wind down instead of cancelling: the other searchers' calls already admitted
             # complete and are stored, so no paid-for answer is thrown away.
-            self.stopped_early = str(exc)
+            self.budget_spent = str(exc)
             self._leave_pending(search)
             return
         except ImageRejected as exc:
@@ -378,6 +383,7 @@ class JobRunner:
             (self.run.run_id, path, result.http_calls if i == 0 else 0)
             for i, path in enumerate(search.paths)
         ]
+        self._calls_recorded = self.gate.spent
         self.state.store_response(
             search.sha256,
             self.request_key,
@@ -386,6 +392,7 @@ class JobRunner:
             result.searched_at,
             result.http_calls,
             fetched,
+            run_calls=(self.run.run_id, self._calls_before + self.gate.spent),
         )
 
     async def _export_all(self, paths: list[str]) -> None:
@@ -430,7 +437,14 @@ class JobRunner:
     def run_complete(self) -> bool:
         counts = self.state.counts(self.run.run_id)
         unfinished = sum(n for status, n in counts.items() if status != "exported")
-        return self.stopped_early is None and unfinished == 0
+        return not self.stopped_early and unfinished == 0
+
+    @property
+    def stopped_early(self) -> str | None:
+        """Why this invocation ends before the run does, if it does."""
+        if self.budget_spent is not None:
+            return self.budget_spent
+        return f"stopped at --limit {self.job.limit}" if self.limit_reached else None
 
     def summary(self) -> dict[str, object]:
         run_id = self.run.run_id

@@ -34,6 +34,8 @@ from typing import Literal
 from engine.errors import StorageError
 
 STATE_FILE = "state.sqlite"
+STATE_VERSION = 1
+"""``PRAGMA user_version`` of the checkpoint database; bumped on any incompatible change."""
 LOCK_FILE = ".lock"
 
 ImageStatus = Literal["pending", "in_flight", "fetched", "failed", "exported"]
@@ -173,10 +175,23 @@ class StateStore:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=ON")
+            self._check_version()
             self.db.executescript(_SCHEMA)
+            self.db.execute(f"PRAGMA user_version={STATE_VERSION}")
         except sqlite3.Error as exc:
             self.close()
             raise StorageError(f"cannot open checkpoint database in {out}: {exc}") from None
+
+    def _check_version(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        has_tables = self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if has_tables and version != STATE_VERSION:
+            self.close()
+            raise StorageError(
+                f"{self.out / STATE_FILE} was written by another version of img1688"
+                f" (state version {version}, this one reads {STATE_VERSION});"
+                " use a new --out, or that version to finish its run"
+            )
 
     def close(self) -> None:
         if getattr(self, "db", None) is not None:
@@ -292,12 +307,16 @@ class StateStore:
         searched_at: datetime,
         calls: int,
         fetched: Iterable[tuple[str, str, int]],
+        run_calls: tuple[str, int] | None = None,
     ) -> int:
         """Store an answer and mark the images it answers ``fetched``, atomically.
 
-        ``fetched`` holds ``(run_id, path, calls)`` for every image with these bytes.
+        ``fetched`` holds ``(run_id, path, calls)`` for every image with these bytes;
+        ``run_calls`` is ``(run_id, calls spent so far)``, recorded in the same commit.
         """
         with self.transaction() as db:
+            if run_calls is not None:
+                db.execute("UPDATE runs SET calls = ? WHERE run_id = ?", run_calls[::-1])
             cursor = db.execute(
                 "INSERT INTO responses (sha256, request_key, protocol, raw_body, searched_at,"
                 " calls) VALUES (?,?,?,?,?,?)",

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import pytest
@@ -37,6 +38,7 @@ from engine.client import (
     SearchResult,
     classify_ocean,
     classify_seed,
+    form_urlencode,
     ocean_path,
     ocean_query_params,
     ocean_upload_params,
@@ -747,3 +749,11 @@ def test_filters_are_validated() -> None:
     ):
         with pytest.raises(ValueError):
             SearchFilters(**bad)
+
+
+_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)))
+
+
+@given(st.dictionaries(_text, _text, max_size=5))
+def test_the_form_body_is_exactly_what_urlencode_gives(form: dict[str, str]) -> None:
+    assert form_urlencode(form) == urlencode(form).encode("ascii")

@@ -414,3 +414,19 @@ async def test_a_photo_changed_between_invocations_of_a_run_stays_exactly_once(
     assert second.exit_code == ExitCode.OK, second.message
     paths = read_table(out, "images").to_table().column("query_path").to_pylist()
     assert Counter(paths) == Counter(map(str, image_files(query_dir)))
+
+
+async def test_limit_searches_exactly_that_many_new_photos_then_resumes(
+    sandbox: Sandbox, query_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    job = make_job(query_dir, out, sandbox.url)
+
+    first = await run_job(job.with_overrides(limit=5), credentials=creds(sandbox.config))
+
+    assert first.exit_code == ExitCode.STOPPED_EARLY
+    assert "--limit 5" in first.message
+    assert read_table(out, "images").count_rows() == 5
+    second = await run_job(job, credentials=creds(sandbox.config))
+    assert second.exit_code == ExitCode.OK, second.message
+    assert read_table(out, "images").count_rows() == len(image_files(query_dir))

@@ -76,3 +76,11 @@ def test_a_second_store_on_the_same_directory_is_refused(tmp_path: Path) -> None
     with StateStore(tmp_path), pytest.raises(StorageError, match="in use by another img1688"):
         StateStore(tmp_path)
     StateStore(tmp_path).close()  # released with the first
+
+
+def test_a_state_database_of_another_version_is_refused_clearly(tmp_path: Path) -> None:
+    with StateStore(tmp_path) as state:
+        state.db.execute("PRAGMA user_version = 99")
+    with pytest.raises(StorageError, match="another version of img1688"):
+        StateStore(tmp_path)
+    StateStore(tmp_path / "new").close()  # a fresh directory is fine
