@@ -42,10 +42,16 @@ class DiscoveryReport:
 
 
 async def discover(inputs: Inputs, report: DiscoveryReport) -> AsyncIterator[Candidate]:
-    """Yield every matching file under ``inputs.paths`` once, sorted within each folder."""
+    """Yield every matching file under ``inputs.paths`` once, sorted within each folder.
+
+    Files named explicitly come first, whatever their extension; then the folders are walked.
+    Memory stays flat however many files there are: a folder reached twice (nested inputs,
+    symlinks) is recognised by its (device, inode) and walked once, and only the explicitly
+    named files are remembered, to skip them inside the folders.
+    """
     extensions = {"." + e for e in inputs.extensions}
-    seen_dirs: set[tuple[int, int]] = set()
-    seen_files: set[Path] = set()
+    folders: list[Path] = []
+    named: set[Path] = set()
     for root in inputs.paths:
         try:
             st = await aiofiles.os.stat(root)
@@ -56,15 +62,15 @@ async def discover(inputs: Inputs, report: DiscoveryReport) -> AsyncIterator[Can
         except OSError as exc:
             report.unreadable.append(f"{root}: {exc.strerror}")
             continue
-        if not stat.S_ISDIR(st.st_mode):
-            # A file named explicitly is taken whatever its extension.
-            if root not in seen_files:
-                seen_files.add(root)
-                yield Candidate(root, st.st_size, st.st_mtime_ns)
-            continue
+        if stat.S_ISDIR(st.st_mode):
+            folders.append(root)
+        elif root not in named:
+            named.add(root)
+            yield Candidate(root, st.st_size, st.st_mtime_ns)
+    seen_dirs: set[tuple[int, int]] = set()
+    for root in folders:
         async for candidate in _walk(root, root, inputs, extensions, seen_dirs, report):
-            if candidate.path not in seen_files:
-                seen_files.add(candidate.path)
+            if candidate.path not in named:
                 yield candidate
 
 

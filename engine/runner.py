@@ -424,7 +424,13 @@ class JobRunner:
                 deadline = time.monotonic() + self.job.engine.flush_seconds
 
     def _flush(self, paths: list[str]) -> None:
-        records = [r for p in dict.fromkeys(paths) if (r := self.state.image(self.run.run_id, p))]
+        # A path queued twice (named twice in the inputs, say) is exported once: the status,
+        # not the queue, decides.
+        records = [
+            r
+            for p in dict.fromkeys(paths)
+            if (r := self.state.image(self.run.run_id, p)) and r.status != "exported"
+        ]
         if not records:
             return
         batch = self.exporter.export(records)

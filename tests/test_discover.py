@@ -54,9 +54,9 @@ async def test_dangling_links_missing_inputs_and_explicit_files(tmp_path: Path) 
     os.symlink(tmp_path / "gone.jpg", root / "dangling.jpg")
     explicit = touch(tmp_path / "odd-name.dat")
 
-    found, report = await walk(Inputs(paths=(root, tmp_path / "nope", explicit)))
+    found, report = await walk(Inputs(paths=(root, tmp_path / "nope", explicit, good)))
 
-    assert found == [str(good), str(explicit)]
+    assert found == [str(explicit), str(good)]  # named files first, each file once
     assert any("dangling.jpg" in entry for entry in report.unreadable)
     assert report.missing_inputs == [str(tmp_path / "nope")]
 
