@@ -109,6 +109,11 @@ class CallGate:
             self._forget_before(now - self.rate.period)
             return
 
+    def close(self) -> None:
+        """Admit no further call: the next :meth:`acquire` raises :class:`BudgetExhausted`.
+        Used when the run stops, so no caller still waiting for a slot sends a new call."""
+        self.budget = self.spent
+
     def calls_in_window(self) -> int:
         """Calls admitted during the last ``rate.period`` seconds."""
         self._forget_before(self._clock() - self.rate.period)

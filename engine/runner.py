@@ -108,6 +108,8 @@ class _Search:
 
 
 _END = None
+STOP_GRACE_SECONDS = 5.0
+"""How long a signal lets the calls already in flight finish before cancelling them."""
 
 
 class JobRunner:
@@ -142,8 +144,9 @@ class JobRunner:
         self._calls_recorded = 0
         self.limit_reached = False
         """``--limit`` stopped discovery: what is queued still finishes."""
-        self.budget_spent: str | None = None
-        """The call budget is spent: the pipeline winds down, leaving the rest pending."""
+        self.winding_down: str | None = None
+        """Why the pipeline winds down (call budget spent, a signal): it takes no new work and
+        lets the calls already admitted finish and be stored, leaving the rest pending."""
         self._in_search: dict[str, _Search] = {}
         self._consecutive_failures = 0
         ttl = timedelta(days=job.engine.reuse_ttl_days)
@@ -161,14 +164,15 @@ class JobRunner:
         stopper = asyncio.create_task(self.stop.wait(), name="stop")
         try:
             await asyncio.wait({exporter, pipeline, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if stopper.done() and not exporter.done():
+                await self._wind_down(pipeline)
+                raise Interrupted(self.stop_signal() or signal.SIGINT)
             if not pipeline.done():
-                # A signal, or the exporter failed: stop taking work. Searches in flight stay
-                # 'in_flight' in the checkpoints and are made again by the next invocation.
+                # The exporter failed: nothing more can be stored, so stop at once. Searches
+                # in flight stay 'in_flight' and are made again by the next invocation.
                 pipeline.cancel()
                 await asyncio.gather(pipeline, return_exceptions=True)
-                if exporter.done():
-                    exporter.result()
-                raise Interrupted(self.stop_signal() or signal.SIGINT)
+                exporter.result()
             pipeline.result()
             if not self.stopped_early:
                 self.state.forget_unfinished(self.run.run_id)
@@ -177,6 +181,17 @@ class JobRunner:
             if not exporter.done():
                 await self._to_export.put(_END)
             await exporter
+
+    async def _wind_down(self, pipeline: asyncio.Task[None]) -> None:
+        """After a signal: admit no new call, give the calls in flight a short grace to be
+        answered and stored (they are paid for), then cancel whatever is left."""
+        self.winding_down = "interrupted"
+        self.gate.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(pipeline), STOP_GRACE_SECONDS)
+        except TimeoutError:
+            pipeline.cancel()
+        await asyncio.gather(pipeline, return_exceptions=True)
 
     async def _pipeline(self) -> None:
         workers = self.pool.workers * 2
@@ -195,7 +210,7 @@ class JobRunner:
     async def _produce(self, preparers: int) -> None:
         new_work = 0
         async for candidate in discover(self.job.inputs, self.report):
-            if self.budget_spent is not None:
+            if self.winding_down is not None:
                 break
             self.counters.discovered += 1
             path = str(candidate.path)
@@ -265,7 +280,7 @@ class JobRunner:
 
     async def _prepare_loop(self) -> None:
         while (candidate := await self._to_prepare.get()) is not _END:
-            if self.budget_spent is not None:
+            if self.winding_down is not None:
                 continue  # winding down: leave it pending, spend no more CPU on it
             path = str(candidate.path)
             prepared = await self.pool.prepare(candidate.path)
@@ -312,7 +327,7 @@ class JobRunner:
             await self._search(search)
 
     async def _search(self, search: _Search) -> None:
-        if self.budget_spent is not None:
+        if self.winding_down is not None:
             self._leave_pending(search)
             return
         try:
@@ -331,7 +346,7 @@ class JobRunner:
         except BudgetExhausted as exc:
             # Wind down instead of cancelling: the other searchers' calls already admitted
             # complete and are stored, so no paid-for answer is thrown away.
-            self.budget_spent = str(exc)
+            self.winding_down = self.winding_down or str(exc)
             self._leave_pending(search)
             return
         except ImageRejected as exc:
@@ -448,8 +463,8 @@ class JobRunner:
     @property
     def stopped_early(self) -> str | None:
         """Why this invocation ends before the run does, if it does."""
-        if self.budget_spent is not None:
-            return self.budget_spent
+        if self.winding_down is not None:
+            return self.winding_down
         return f"stopped at --limit {self.job.limit}" if self.limit_reached else None
 
     def summary(self) -> dict[str, object]:

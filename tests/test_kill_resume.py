@@ -20,6 +20,7 @@ import pyarrow.dataset as ds
 from engine.ratelimit import Rate
 from engine.runner import ExitCode
 from engine.sandbox import Sandbox, SandboxConfig
+from engine.state import snapshot
 from tests.conftest import REPO
 
 SEARCHES = 3
@@ -132,6 +133,10 @@ async def test_sigterm_stops_promptly_and_resumes(
         assert not (out / "_SUCCESS").exists()
         done_before = ds.dataset(out / "images", partitioning="hive").count_rows()
         assert done_before > 0  # what was fetched before the signal was flushed
+        # Calls in flight at the signal were let finish and stored: none was thrown away.
+        state = snapshot(out)
+        assert state is not None
+        assert state["stored_answers"] == state["calls"] == sandbox.stats()["total_calls"]
 
         final = await start_engine(job, env)
         _, stderr = await final.communicate()
