@@ -236,7 +236,7 @@ def _parse_gateway(section: _Section) -> Gateway:
     page_size = section.get("page_size", int, 20, check=_between(1, 50))
     section.done()
     return Gateway(
-        protocol=protocol,
+        protocol=protocol,  # type: ignore[arg-type]  # checked by _one_of above
         endpoint=endpoint.rstrip("/"),
         rate=rate,
         page_size=page_size,

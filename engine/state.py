@@ -516,7 +516,36 @@ def _latest_run(db: sqlite3.Connection) -> Run | None:
     return Run(*row) if row else None
 
 
-def snapshot(out: Path) -> dict[str, object] | None:
+@dataclass(frozen=True)
+class Snapshot:
+    """A job's state as ``img1688 status`` shows it."""
+
+    run: Run | None
+    images: dict[str, int]
+    failures: dict[str, int]
+    calls: int
+    reused_answers: int
+    searched: int
+    stored_answers: int
+
+    def to_json(self) -> dict[str, object]:
+        run = self.run
+        return {
+            "run": run.run_id if run else None,
+            "run_date": run.run_date if run else None,
+            "started_at": run.started_at if run else None,
+            "completed_at": run.completed_at if run else None,
+            "state": "none" if run is None else "complete" if run.completed_at else "unfinished",
+            "images": self.images,
+            "failures": self.failures,
+            "calls": self.calls,
+            "reused_answers": self.reused_answers,
+            "searched": self.searched,
+            "stored_answers": self.stored_answers,
+        }
+
+
+def snapshot(out: Path) -> Snapshot | None:
     """A read-only view of a job's state, safe while a run holds the lock (WAL readers never
     block the writer). ``None`` when ``out`` holds no checkpoint database."""
     path = out / STATE_FILE
@@ -524,23 +553,20 @@ def snapshot(out: Path) -> dict[str, object] | None:
         return None
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
+        stored = db.execute("SELECT count(*) FROM responses").fetchone()[0]
         run = _latest_run(db)
         if run is None:
-            return {"run": None}
+            return Snapshot(None, {}, {}, 0, 0, 0, stored)
         totals = _run_totals(db, run.run_id)
         calls = db.execute("SELECT calls FROM runs WHERE run_id = ?", (run.run_id,)).fetchone()
-        return {
-            "run": run.run_id,
-            "run_date": run.run_date,
-            "started_at": run.started_at,
-            "completed_at": run.completed_at,
-            "state": "complete" if run.completed_at else "unfinished",
-            "images": _status_counts(db, run.run_id),
-            "failures": _failure_counts(db, run.run_id),
-            "calls": calls[0],
-            "reused_answers": totals["reused"],
-            "searched": totals["searched"],
-            "stored_answers": db.execute("SELECT count(*) FROM responses").fetchone()[0],
-        }
+        return Snapshot(
+            run=run,
+            images=_status_counts(db, run.run_id),
+            failures=_failure_counts(db, run.run_id),
+            calls=calls[0],
+            reused_answers=totals["reused"],
+            searched=totals["searched"],
+            stored_answers=stored,
+        )
     finally:
         db.close()

@@ -342,6 +342,10 @@ async def test_status_reports_a_job_without_running_it(
     assert state["calls"] == calls == 4
     assert sum(state["images"].values()) >= 2
     assert sandbox.stats()["total_calls"] == calls
+    assert main(["status", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"run {stopped.run_id} (unfinished)" in text
+    assert "calls spent: 4" in text and "_SUCCESS: absent" in text
     assert main(["status", str(tmp_path / "nowhere")]) == 2
 
 

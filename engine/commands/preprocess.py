@@ -21,7 +21,7 @@ from typing import Any
 from engine.discover import DiscoveryReport, discover
 from engine.jobfile import DEFAULT_EXTENSIONS, Inputs
 from engine.pool import PreprocessPool
-from engine.preprocess import Prepared, PreprocessOptions
+from engine.preprocess import Prepared, PreparedImage, PreprocessFailure, PreprocessOptions
 
 _DEFAULTS = PreprocessOptions()
 
@@ -135,9 +135,9 @@ async def _prepare_all(
         tasks = [asyncio.create_task(pool.prepare(path)) for path, _ in jobs]
         for (path, name), task in zip(jobs, tasks, strict=True):
             result = await task
-            outcomes["ok" if result.ok else result.reason] += 1
+            outcomes["ok" if isinstance(result, PreparedImage) else result.reason] += 1
             written: Path | None = None
-            if out is not None and result.ok:
+            if out is not None and isinstance(result, PreparedImage):
                 written = out / name
                 try:
                     written.parent.mkdir(parents=True, exist_ok=True)
@@ -154,7 +154,7 @@ async def _prepare_all(
 def _render(path: Path, result: Prepared, written: Path | None, as_json: bool) -> str:
     if as_json:
         record: dict[str, Any] = {"path": str(path), "ok": result.ok}
-        if result.ok:
+        if isinstance(result, PreparedImage):
             record |= {
                 "width": result.width,
                 "height": result.height,
@@ -172,7 +172,7 @@ def _render(path: Path, result: Prepared, written: Path | None, as_json: bool) -
         else:
             record |= {"reason": result.reason, "message": result.message, "sha256": result.sha256}
         return json.dumps(record, ensure_ascii=False)
-    if not result.ok:
+    if isinstance(result, PreprocessFailure):
         return f"FAIL  {path}  {result.reason}: {result.message}"
     steps = ", ".join(result.steps) or "as is"
     line = (

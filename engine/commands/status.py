@@ -23,25 +23,23 @@ def handle(args: argparse.Namespace) -> int:
     if state is None:
         print(f"img1688: {args.out} holds no job state (never run there?)", file=sys.stderr)
         return 2
-    state["success_marker"] = (args.out / SUCCESS_FILE).exists()
+    success = (args.out / SUCCESS_FILE).exists()
     if args.json:
-        print(json.dumps(state, indent=2))
+        print(json.dumps(state.to_json() | {"success_marker": success}, indent=2))
         return 0
-    if state["run"] is None:
+    run = state.run
+    if run is None:
         print("no run yet")
         return 0
-    images = state["images"]
-    assert isinstance(images, dict)
-    total = sum(images.values())
-    print(f"run {state['run']} ({state['state']}), started {state['started_at']}")
+    progress = "complete" if run.completed_at else "unfinished"
+    print(f"run {run.run_id} ({progress}), started {run.started_at}")
+    images = ", ".join(f"{status} {n}" for status, n in sorted(state.images.items()))
+    print(f"images: {images} (of {sum(state.images.values())} known)")
+    if state.failures:
+        print("failures: " + ", ".join(f"{r} {n}" for r, n in sorted(state.failures.items())))
     print(
-        "images: "
-        + ", ".join(f"{status} {n}" for status, n in sorted(images.items()))
-        + f" (of {total} known)"
+        f"calls spent: {state.calls}, photos searched: {state.searched},"
+        f" answers reused: {state.reused_answers}"
     )
-    failures = state["failures"]
-    if failures:
-        print("failures: " + ", ".join(f"{r} {n}" for r, n in sorted(failures.items())))  # type: ignore[union-attr]
-    print(f"calls spent: {state['calls']}, answers reused: {state['reused_answers']}")
-    print(f"_SUCCESS: {'present' if state['success_marker'] else 'absent'}")
+    print(f"_SUCCESS: {'present' if success else 'absent'}")
     return 0
