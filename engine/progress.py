@@ -61,8 +61,9 @@ class Progress:
         elapsed = time.monotonic() - c.started
         rate = c.finished / elapsed if elapsed > 0 else 0.0
         eta = f"{c.pending / rate:,.0f}s" if rate > 0 and c.pending else "-"
+        bar = _bar(c.already_done + c.finished, c.discovered) + " " if self.tty else ""
         return (
-            f"done {c.already_done + c.exported_ok:,} | failed {c.exported_failed:,} | "
+            f"{bar}done {c.already_done + c.exported_ok:,} | failed {c.exported_failed:,} | "
             f"pending {c.pending:,} | searched {c.searched:,}, reused {c.reused:,} | "
             f"calls {self.gate.calls_in_window()}/{self.gate.rate.calls} "
             f"per {self.gate.rate.period:g}s (spent {self.gate.spent:,}) | ETA {eta}"
@@ -83,3 +84,9 @@ class Progress:
             self.stream.flush()
         else:
             log.info("%s", self.line())
+
+
+def _bar(done: int, known: int, width: int = 20) -> str:
+    """``[#####-----]`` over the photos found so far (the walk may still be finding more)."""
+    filled = width * done // known if known else 0
+    return "[" + "#" * filled + "-" * (width - filled) + "]"
