@@ -119,6 +119,19 @@ class Feed:
             return None
 
 
+def manifest_files(parts: Iterable[PartRecord]) -> list[dict[str, object]]:
+    """The ``files`` list of ``manifest.json``: every part of the dataset, with its rows."""
+    return [
+        {
+            "path": f"{p.kind}/run_date={p.run_date}/{p.name}",
+            "table": p.kind,
+            "run_id": p.run_id,
+            "rows": p.rows,
+        }
+        for p in parts
+    ]
+
+
 def _write_atomic(path: Path, text: str) -> None:
     temp = path.with_name(f".{path.name}{_TEMP_SUFFIX}")
     try:

@@ -47,7 +47,7 @@ from engine.errors import (
     TransientError,
 )
 from engine.export import Exporter
-from engine.feed import Feed
+from engine.feed import Feed, manifest_files
 from engine.jobfile import SANDBOX, Job
 from engine.pool import PreprocessPool
 from engine.preprocess import PreparedImage
@@ -491,6 +491,7 @@ class JobRunner:
 
     def manifest(self) -> dict[str, object]:
         parts = self.state.parts()
+        totals = self.state.run_totals(self.run.run_id)
         return {
             "schema_version": SCHEMA_VERSION,
             "engine_version": __version__,
@@ -501,18 +502,16 @@ class JobRunner:
             "completed_at": utc_now().isoformat(),
             "protocol": self.job.gateway.protocol,
             "zstd_level": self.job.zstd_level,
-            "files": [
-                {
-                    "path": f"{p.kind}/run_date={p.run_date}/{p.name}",
-                    "table": p.kind,
-                    "run_id": p.run_id,
-                    "rows": p.rows,
-                }
-                for p in parts
-            ],
+            "files": manifest_files(parts),
             "rows": {
                 kind: sum(p.rows for p in parts if p.kind == kind and p.run_id == self.run.run_id)
                 for kind in ("matches", "images")
+            },
+            "images": {
+                "total": totals["images"],
+                "searched": totals["searched"],
+                "reused": totals["reused"],
+                "failed": sum(self.state.failure_counts(self.run.run_id).values()),
             },
             "stats": self.summary(),
         }

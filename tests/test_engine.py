@@ -91,6 +91,8 @@ async def test_sample_job_completes_and_the_feed_reads_back(
     matches = read_table(out, "matches").to_table()
     assert matches.num_rows == sum(images.column("offers_kept").to_pylist()) > 0
     assert manifest["rows"] == {"matches": matches.num_rows, "images": len(files)}
+    unique = len({p.read_bytes() for p in files})
+    assert manifest["images"]["searched"] == unique < len(files)  # the sample holds a copy
     # The photo of product X finds X first.
     truth = json.loads((SAMPLES / "truth.json").read_text())
     firsts = {row["query_path"]: row["item_id"] for row in matches.to_pylist() if row["rank"] == 1}
@@ -153,7 +155,12 @@ async def test_a_second_run_over_unchanged_inputs_makes_no_call(
     assert sandbox.stats()["total_calls"] == calls_after_first
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["run_id"] == second.run_id
-    assert manifest["stats"]["reused_answers"] == len(image_files(query_dir))
+    assert manifest["images"] == {
+        "total": len(image_files(query_dir)),
+        "searched": 0,
+        "reused": len(image_files(query_dir)),
+        "failed": 0,
+    }
     latest = [
         r for r in read_table(out, "images").to_table().to_pylist() if r["run_id"] == second.run_id
     ]

@@ -10,7 +10,7 @@ from pathlib import Path
 from engine.clean import WholesaleFilters
 from engine.errors import ConfigError, StorageError
 from engine.export import Exporter
-from engine.feed import Feed
+from engine.feed import Feed, manifest_files
 from engine.jobfile import load_job
 from engine.state import StateStore
 
@@ -75,15 +75,7 @@ def reclean(out: Path, filters: WholesaleFilters | None = None) -> dict[str, obj
         feed.delete_parts(old_parts)
         manifest.update(
             {
-                "files": [
-                    {
-                        "path": f"{p.kind}/run_date={p.run_date}/{p.name}",
-                        "table": p.kind,
-                        "run_id": p.run_id,
-                        "rows": p.rows,
-                    }
-                    for p in state.parts()
-                ],
+                "files": manifest_files(state.parts()),
                 "recleaned_with_filters": filters.fingerprint(),
             }
         )
