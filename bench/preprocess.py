@@ -8,7 +8,10 @@ Figures printed:
 
 - images/s on one core over 12 buyer photos of 4240x4240 (18 MP JPEG), both ways, and the ratio;
 - images/s through :class:`~engine.pool.PreprocessPool` with 1 worker and with every core;
-- peak RSS of a fresh process preparing one 50 MP photo (7072x7072), both ways.
+- peak RSS of a fresh process preparing one 50 MP photo (7072x7072), both ways;
+- whether the optional steps (``trim_border``, ``autocontrast``) help matching: top-1 hits of
+  the sample photos against the sandbox catalogue with each combination (they stay off by
+  default unless this shows they help).
 
 The corpus (:mod:`engine.samplegen`) is generated once into ``build/bench/`` and reused.
 Run: ``python -m bench.preprocess``.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import multiprocessing
 import resource
 import time
@@ -29,8 +33,9 @@ from pathlib import Path
 from PIL import Image
 
 from engine.pool import PreprocessPool
-from engine.preprocess import PreparedImage, prepare_image
+from engine.preprocess import PreparedImage, PreprocessOptions, prepare_image
 from engine.samplegen import write_corpus, write_large
+from engine.sandbox.catalogue import DEFAULT_CATALOGUE, Catalogue
 
 CACHE = Path(__file__).resolve().parents[1] / "build" / "bench"
 LARGE_COUNT = 12
@@ -111,7 +116,34 @@ def peak_rss(way_name: str, path: Path) -> tuple[int, int]:
         return executor.submit(_peak_rss_kib, way_name, path).result()
 
 
+def optional_steps_hit_rates() -> None:
+    """Whether trim_border / autocontrast help matching: top-1 hits of the sample photos
+    against the sandbox catalogue, and the mean lead of the true product over the runner-up."""
+    catalogue = Catalogue.load(DEFAULT_CATALOGUE)
+    samples = DEFAULT_CATALOGUE.parent
+    truth = json.loads((samples / "truth.json").read_text())
+    print(f"optional steps, {len(truth)} sample photos against the sandbox catalogue:")
+    for trim, contrast in ((False, False), (True, False), (False, True), (True, True)):
+        options = PreprocessOptions(trim_border=trim, autocontrast=contrast)
+        hits = tried = 0
+        lead = 0.0
+        for relative, offer_id in truth.items():
+            prepared = prepare_image(samples / relative, options)
+            if not isinstance(prepared, PreparedImage):
+                continue
+            ranked = catalogue.search(prepared.jpeg)
+            tried += 1
+            hits += ranked[0].product.offer_id == offer_id
+            true = next(m.similarity for m in ranked if m.product.offer_id == offer_id)
+            lead += true - max(m.similarity for m in ranked if m.product.offer_id != offer_id)
+        print(
+            f"  trim_border={trim!s:<5} autocontrast={contrast!s:<5}: top-1 {hits}/{tried},"
+            f" mean lead {lead / tried:.3f}"
+        )
+
+
 def main() -> None:
+    optional_steps_hit_rates()
     paths, huge = ensure_corpus()
     cores = PreprocessPool().workers  # its default: every core this process may use
     with Image.open(paths[0]) as first, Image.open(huge) as big:
