@@ -37,11 +37,17 @@ class Exporter:
         self.protocol = protocol
         self._seq = max((_seq_of(p.name) for p in state.parts(run.run_id)), default=0)
 
-    def export(
-        self, records: Sequence[ImageRecord], *, replacing: Sequence[PartRecord] = ()
-    ) -> BatchResult:
+    def export(self, records: Sequence[ImageRecord]) -> BatchResult:
         """Write one matches part and one images part for ``records``; then, in one transaction,
-        register them, mark the images exported and unregister ``replacing``."""
+        register them and mark the images exported."""
+        parts, result = self.write(records)
+        run_id = self.run.run_id
+        self.state.commit_parts(parts, [(run_id, r.path) for r in records])
+        return result
+
+    def write(self, records: Sequence[ImageRecord]) -> tuple[list[PartRecord], BatchResult]:
+        """Write the parts for ``records`` without registering them: until the caller commits
+        them they are orphans, which the next start deletes."""
         match_rows: list[tuple[Lineage, Offer]] = []
         image_rows: list[ImageRow] = []
         for record in records:
@@ -54,9 +60,8 @@ class Exporter:
             self.feed.write_part("matches", run_id, run_date, self._seq, matches_table(match_rows)),
             self.feed.write_part("images", run_id, run_date, self._seq, images_table(image_rows)),
         ]
-        self.state.commit_parts(parts, [(run_id, r.path) for r in records], replacing=replacing)
         failed = sum(r.status == "failed" for r in records)
-        return BatchResult(
+        return parts, BatchResult(
             images_ok=len(records) - failed,
             images_failed=failed,
             reused=sum(r.reused for r in records if r.status != "failed"),

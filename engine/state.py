@@ -235,6 +235,10 @@ class StateStore:
             )
         return Run(run_id, run_date, started, fingerprint, None)
 
+    def set_fingerprint(self, run_id: str, fingerprint: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET fingerprint = ? WHERE run_id = ?", (fingerprint, run_id))
+
     def calls_spent(self, run_id: str) -> int:
         """Gateway calls this run has spent, over all its invocations, lost ones included."""
         row = self.db.execute("SELECT calls FROM runs WHERE run_id = ?", (run_id,)).fetchone()

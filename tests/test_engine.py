@@ -15,6 +15,7 @@ import pytest
 from engine.cli import main
 from engine.commands.reclean import reclean
 from engine.credentials import Credentials
+from engine.feed import Feed
 from engine.jobfile import Job, parse_job
 from engine.ratelimit import Rate
 from engine.runner import ExitCode, run_job
@@ -190,6 +191,10 @@ async def test_reclean_rebuilds_the_feed_without_a_call(
     assert 0 < stricter["match_rows"] == free_only.num_rows < before.num_rows
     assert set(free_only.column("freight").to_pylist()) == {"free"}
     assert (out / "_SUCCESS").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["rows"]["matches"] == free_only.num_rows
+    again = reclean(out)  # the run now remembers the filters its feed reflects
+    assert again["match_rows"] == free_only.num_rows
 
 
 async def test_fatal_error_stops_the_job_at_once_and_it_resumes_once_fixed(
@@ -441,3 +446,26 @@ async def test_limit_searches_exactly_that_many_new_photos_then_resumes(
     second = await run_job(job, credentials=creds(sandbox.config))
     assert second.exit_code == ExitCode.OK, second.message
     assert read_table(out, "images").count_rows() == len(image_files(query_dir))
+
+
+async def test_a_reclean_that_dies_before_its_commit_leaves_the_feed_as_it_was(
+    sandbox: Sandbox, query_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    job = make_job(query_dir, out, sandbox.url)
+    assert (await run_job(job, credentials=creds(sandbox.config))).exit_code == ExitCode.OK
+    before = sorted(read_table(out, "matches").to_table().column("item_id").to_pylist())
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # as if the process died between writing parts and committing
+
+    with monkeypatch.context() as patched:
+        patched.setattr(StateStore, "commit_parts", killed)
+        with pytest.raises(KeyboardInterrupt):
+            reclean(out, replace(job.filters, freight="free"))
+    with StateStore(out) as state:
+        removed = Feed(out).remove_orphans(state.parts())
+
+    assert removed  # the half-done reclean's parts were never registered
+    after = sorted(read_table(out, "matches").to_table().column("item_id").to_pylist())
+    assert after == before

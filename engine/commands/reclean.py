@@ -12,7 +12,7 @@ from engine.errors import ConfigError, StorageError
 from engine.export import Exporter
 from engine.feed import Feed, manifest_files
 from engine.jobfile import load_job
-from engine.state import StateStore
+from engine.state import PartRecord, StateStore
 
 BATCH = 500
 
@@ -63,19 +63,24 @@ def reclean(out: Path, filters: WholesaleFilters | None = None) -> dict[str, obj
         records = state.images_in(run.run_id, ("exported",))
         exporter = Exporter(state, feed, run, filters, fingerprint["request"]["protocol"])
         feed.mark_incomplete()
+        # All new parts are written first and swapped in by one transaction: a crash before it
+        # leaves the old feed registered (the new files are orphans, deleted on the next start),
+        # a crash after it leaves the new feed with the old files as orphans.
+        new_parts: list[PartRecord] = []
         rows = 0
         for start in range(0, len(records), BATCH):
-            # The old parts are unregistered with the first new batch; their files go after
-            # the last one, so a crash in between leaves only orphans, which the next start
-            # deletes.
-            batch = exporter.export(
-                records[start : start + BATCH], replacing=old_parts if start == 0 else ()
-            )
+            parts, batch = exporter.write(records[start : start + BATCH])
+            new_parts.extend(parts)
             rows += batch.match_rows
+        state.commit_parts(new_parts, [(run.run_id, r.path) for r in records], replacing=old_parts)
         feed.delete_parts(old_parts)
+        # Later re-cleans and resumes see the filters the feed now reflects.
+        fingerprint["filters"] = filters.fingerprint()
+        state.set_fingerprint(run.run_id, json.dumps(fingerprint, sort_keys=True))
         manifest.update(
             {
                 "files": manifest_files(state.parts()),
+                "rows": {"matches": rows, "images": len(records)},
                 "recleaned_with_filters": filters.fingerprint(),
             }
         )
