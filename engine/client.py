@@ -585,6 +585,11 @@ class GatewayClient:
     def __repr__(self) -> str:
         return f"GatewayClient(base_url={self.base_url!r}, protocol={self.protocol!r})"
 
+    @property
+    def calls_per_search(self) -> int:
+        """HTTP calls one search spends when nothing is retried: upload + query, or one."""
+        return 2 if self.protocol == "ocean" else 1
+
     async def __aenter__(self) -> GatewayClient:
         if self._session is None:
             self._session = aiohttp.ClientSession()

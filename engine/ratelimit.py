@@ -17,12 +17,25 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
 
 from engine.errors import Img1688Error
+
+
+@dataclass(eq=False)
+class _Reservation:
+    calls: int
+    used: int = 0
+
+
+_current_reservation: ContextVar[_Reservation | None] = ContextVar(
+    "img1688_reservation", default=None
+)
 
 
 class BudgetExhausted(Img1688Error):
@@ -84,6 +97,7 @@ class CallGate:
         self._clock = clock
         self._not_before = 0.0
         self._admitted: deque[float] = deque()
+        self._reservations: set[_Reservation] = set()
         self.spent = 0
 
     def pause(self, seconds: float) -> None:
@@ -104,10 +118,35 @@ class CallGate:
                 continue
             self._check_budget()
             self.spent += 1
+            if (reservation := _current_reservation.get()) is not None:
+                reservation.used += 1
             now = self._clock()
             self._admitted.append(now)
             self._forget_before(now - self.rate.period)
             return
+
+    @contextmanager
+    def reserve(self, calls: int) -> Iterator[None]:
+        """Hold ``calls`` of the budget for one unit of work, or raise :class:`BudgetExhausted`
+        at once. An ``ocean`` search is an upload and a query: reserving both up front keeps
+        the budget from running out between them, which would waste the upload. Calls that
+        this task then acquires are drawn from its reservation."""
+        if self.budget is not None and self.spent + self._outstanding() + calls > self.budget:
+            raise BudgetExhausted(
+                f"the call budget of {self.budget} calls for this run is spent"
+                " (or too little is left for one more search)"
+            )
+        reservation = _Reservation(calls)
+        self._reservations.add(reservation)
+        token = _current_reservation.set(reservation)
+        try:
+            yield
+        finally:
+            _current_reservation.reset(token)
+            self._reservations.discard(reservation)
+
+    def _outstanding(self) -> int:
+        return sum(max(0, r.calls - r.used) for r in self._reservations)
 
     def close(self) -> None:
         """Admit no further call: the next :meth:`acquire` raises :class:`BudgetExhausted`.

@@ -342,7 +342,8 @@ class JobRunner:
         for path in search.paths:
             self.state.set_status(self.run.run_id, path, "in_flight")
         try:
-            result = await self.client.search(search.prepared.jpeg, self.job.search_filters)
+            with self.gate.reserve(self.client.calls_per_search):
+                result = await self.client.search(search.prepared.jpeg, self.job.search_filters)
         except BudgetExhausted as exc:
             # Wind down instead of cancelling: the other searchers' calls already admitted
             # complete and are stored, so no paid-for answer is thrown away.

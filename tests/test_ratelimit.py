@@ -84,3 +84,27 @@ async def test_calls_in_window_forgets_old_calls() -> None:
     assert gate.calls_in_window() == 3
     await asyncio.sleep(0.25)
     assert gate.calls_in_window() == 0
+
+
+async def test_a_reservation_holds_its_calls_back_from_others() -> None:
+    gate = CallGate(Rate(1000, 1.0), budget=4)
+    first_half_done = asyncio.Event()
+    release = asyncio.Event()
+
+    async def search() -> None:
+        with gate.reserve(2):
+            await gate.acquire()  # the upload
+            first_half_done.set()
+            await release.wait()
+            await gate.acquire()  # the query, from the same reservation
+
+    first = asyncio.create_task(search())
+    await first_half_done.wait()
+    # One call spent, one still owed to the first search: room for exactly one more search.
+    with gate.reserve(2):
+        with pytest.raises(BudgetExhausted, match="too little is left"):
+            gate.reserve(1).__enter__()
+        await admit(gate, callers=1, calls_each=2)
+    release.set()
+    await first
+    assert gate.spent == 4
