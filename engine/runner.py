@@ -584,6 +584,13 @@ async def run_job(
     """Run (or resume) ``job`` to completion or to a clean stop. Never raises for expected
     conditions: the outcome carries the exit code and a message that says what to do."""
     stop = stop or asyncio.Event()
+    missing = [str(p) for p in job.inputs.paths if not p.exists()]
+    if missing:
+        # An unmounted share must not pass for an empty catalogue: that would publish an
+        # empty feed under _SUCCESS.
+        return RunOutcome(
+            ExitCode.CONFIG, None, f"inputs.paths: {', '.join(missing)} does not exist"
+        )
     try:
         state = StateStore(job.out)
     except StorageError as exc:

@@ -469,3 +469,18 @@ async def test_a_reclean_that_dies_before_its_commit_leaves_the_feed_as_it_was(
     assert removed  # the half-done reclean's parts were never registered
     after = sorted(read_table(out, "matches").to_table().column("item_id").to_pylist())
     assert after == before
+
+
+async def test_a_missing_input_folder_is_a_configuration_error_not_an_empty_feed(
+    sandbox: Sandbox, query_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    job = make_job(query_dir, out, sandbox.url)
+    unmounted = replace(job, inputs=replace(job.inputs, paths=(query_dir, tmp_path / "nfs")))
+
+    outcome = await run_job(unmounted, credentials=creds(sandbox.config))
+
+    assert outcome.exit_code == ExitCode.CONFIG
+    assert str(tmp_path / "nfs") in outcome.message
+    assert sandbox.stats()["total_calls"] == 0
+    assert not (out / "_SUCCESS").exists()
