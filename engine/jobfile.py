@@ -58,7 +58,8 @@ class Engine:
     reuse_ttl_days: float = 7.0
     """Stored answers younger than this are reused for unchanged photos instead of searching."""
     max_consecutive_failures: int = 10
-    """Images in a row that exhaust their retries before the job stops as 'gateway failing'."""
+    """Searches in a row that exhaust their retries before the job stops as 'gateway looks
+    down'; their photos are retried by the next invocation."""
 
 
 @dataclass(frozen=True)

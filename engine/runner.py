@@ -148,7 +148,9 @@ class JobRunner:
         """Why the pipeline winds down (call budget spent, a signal): it takes no new work and
         lets the calls already admitted finish and be stored, leaving the rest pending."""
         self._in_search: dict[str, _Search] = {}
-        self._consecutive_failures = 0
+        self._streak: list[str] = []
+        """Photos whose searches exhausted their retries since the gateway last answered."""
+        self._streak_searches = 0
         ttl = timedelta(days=job.engine.reuse_ttl_days)
         # Answers stored during this run are always reusable (duplicates), whatever the TTL.
         self._reuse_since = min(utc_now() - ttl, datetime.fromisoformat(run.started_at))
@@ -204,6 +206,7 @@ class JobRunner:
             await asyncio.gather(*preparers)
             for _ in searchers:
                 await self._to_search.put(_END)
+        await self._end_streak()  # a streak too short to trip the breaker: real failures
 
     # -- discover ---------------------------------------------------------------------------
 
@@ -351,18 +354,22 @@ class JobRunner:
             self._leave_pending(search)
             return
         except ImageRejected as exc:
-            self._consecutive_failures = 0
+            await self._end_streak()
             await self._fail(search, "gateway_rejected", f"{exc.code}: {exc.message}", 1)
+            await self._export_all(search.paths)
             return
         except (TransientError, RateLimited) as exc:
-            self._consecutive_failures += 1
             attempts = self.job.gateway.retry.attempts
             await self._fail(
                 search, "retries_exhausted", f"gave up after {attempts} attempts: {exc}", attempts
             )
-            if self._consecutive_failures >= self.job.engine.max_consecutive_failures:
+            # Held back from the feed until the streak ends: if it trips the breaker, these
+            # photos failed because the gateway was down, and the next invocation retries them.
+            self._streak.extend(search.paths)
+            self._streak_searches += 1
+            if self._streak_searches >= self.job.engine.max_consecutive_failures:
                 raise GatewayFailing(
-                    f"{self._consecutive_failures} images in a row exhausted their retries;"
+                    f"{self._streak_searches} searches in a row exhausted their retries;"
                     f" last error: {exc}"
                 ) from None
             return
@@ -370,10 +377,15 @@ class JobRunner:
             # Fatal for the job, not this image's fault: leave it pending for the next run.
             self._leave_pending(search)
             raise
-        self._consecutive_failures = 0
+        await self._end_streak()
         self.counters.searched += 1
         self._store(search, result)
         await self._export_all(search.paths)
+
+    async def _end_streak(self) -> None:
+        """The gateway answers again: the photos that failed before were really failures."""
+        streak, self._streak, self._streak_searches = self._streak, [], 0
+        await self._export_all(streak)
 
     def _leave_pending(self, search: _Search) -> None:
         self._finish_search(search)
@@ -386,7 +398,6 @@ class JobRunner:
             self.state.set_status(
                 self.run.run_id, path, "failed", reason=reason, message=message, attempts=attempts
             )
-        await self._export_all(search.paths)
 
     def _finish_search(self, search: _Search) -> None:
         self._in_search.pop(search.sha256, None)

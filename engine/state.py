@@ -353,10 +353,13 @@ class StateStore:
         return _response(row)
 
     def reset_in_flight(self, run_id: str) -> int:
-        """After a crash: calls that were in flight have no answer stored; search them again."""
+        """On resume: calls that were in flight have no answer stored, and searches that gave
+        up while the gateway was failing were never exported; search them all again."""
         with self.transaction() as db:
             cursor = db.execute(
-                "UPDATE images SET status = 'pending' WHERE run_id = ? AND status = 'in_flight'",
+                "UPDATE images SET status = 'pending', reason = NULL, message = NULL"
+                " WHERE run_id = ? AND (status = 'in_flight'"
+                " OR (status = 'failed' AND reason = 'retries_exhausted'))",
                 (run_id,),
             )
         return cursor.rowcount

@@ -484,3 +484,30 @@ async def test_a_missing_input_folder_is_a_configuration_error_not_an_empty_feed
     assert str(tmp_path / "nfs") in outcome.message
     assert sandbox.stats()["total_calls"] == 0
     assert not (out / "_SUCCESS").exists()
+
+
+async def test_a_gateway_outage_stops_the_job_and_the_resume_retries_its_photos(
+    query_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    outage = SandboxConfig(rate=FAST, faults=Faults(error_5xx=1.0))
+    async with Sandbox(outage) as down:
+        port = int(down.url.rsplit(":", 1)[1])
+        job = make_job(
+            query_dir,
+            out,
+            down.url,
+            gateway={"attempts": 2},
+            engine={"max_consecutive_failures": 3, "searches": 1},
+        )
+        stopped = await run_job(job, credentials=creds(outage))
+    assert stopped.exit_code == ExitCode.FATAL_GATEWAY
+    assert "gateway looks down" in stopped.message
+    assert not (out / "images").exists()  # nothing published as failed because of the outage
+
+    async with Sandbox(replace(outage, faults=Faults(), port=port)) as back:
+        resumed = await run_job(job, credentials=creds(back.config))
+    assert resumed.exit_code == ExitCode.OK, resumed.message
+    assert resumed.run_id == stopped.run_id
+    statuses = read_table(out, "images").to_table().column("status").to_pylist()
+    assert len(statuses) == len(image_files(query_dir)) and set(statuses) == {"ok"}
