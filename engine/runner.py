@@ -355,12 +355,12 @@ class JobRunner:
             return
         except ImageRejected as exc:
             await self._end_streak()
-            await self._fail(search, "gateway_rejected", f"{exc.code}: {exc.message}", 1)
+            self._fail(search, "gateway_rejected", f"{exc.code}: {exc.message}", 1)
             await self._export_all(search.paths)
             return
         except (TransientError, RateLimited) as exc:
             attempts = self.job.gateway.retry.attempts
-            await self._fail(
+            self._fail(
                 search, "retries_exhausted", f"gave up after {attempts} attempts: {exc}", attempts
             )
             # Held back from the feed until the streak ends: if it trips the breaker, these
@@ -392,7 +392,7 @@ class JobRunner:
         for path in search.paths:
             self.state.set_status(self.run.run_id, path, "pending")
 
-    async def _fail(self, search: _Search, reason: str, message: str, attempts: int) -> None:
+    def _fail(self, search: _Search, reason: str, message: str, attempts: int) -> None:
         self._finish_search(search)
         for path in search.paths:
             self.state.set_status(
@@ -496,7 +496,9 @@ class JobRunner:
             "searched": totals["searched"],
             "elapsed_seconds": round(time.monotonic() - self.counters.started, 2),
             "rate": str(self.gate.rate),
-            "unreadable": self.report.unreadable,
+            # The first few are enough to act on; a broken share could list thousands.
+            "unreadable": len(self.report.unreadable),
+            "unreadable_examples": self.report.unreadable[:20],
             "missing_inputs": self.report.missing_inputs,
             "symlink_loops": self.report.symlink_loops,
         }
