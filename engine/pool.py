@@ -172,7 +172,11 @@ class PreprocessPool:
             return None
         gen.inflight += 1
         try:
-            return await asyncio.wait_for(future, limit)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the result and
+            # swallows a cancellation that arrives as the image completes, leaving a cancelled
+            # caller running (a TaskGroup then waits for it forever).
+            async with asyncio.timeout(limit):
+                return await future
         except TimeoutError:
             self._kill(gen)
             return PreprocessFailure(

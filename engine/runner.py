@@ -190,7 +190,8 @@ class JobRunner:
         self.winding_down = "interrupted"
         self.gate.close()
         try:
-            await asyncio.wait_for(asyncio.shield(pipeline), STOP_GRACE_SECONDS)
+            async with asyncio.timeout(STOP_GRACE_SECONDS):
+                await asyncio.shield(pipeline)
         except TimeoutError:
             pipeline.cancel()
         await asyncio.gather(pipeline, return_exceptions=True)
@@ -434,7 +435,8 @@ class JobRunner:
         while True:
             timeout = max(0.0, deadline - time.monotonic())
             try:
-                path = await asyncio.wait_for(self._to_export.get(), timeout)
+                async with asyncio.timeout(timeout):
+                    path = await self._to_export.get()
             except TimeoutError:
                 path = ""
             if path is _END:

@@ -239,3 +239,29 @@ def test_prepare_image_runs_in_a_plain_process_pool(images: list[Path]) -> None:
         results = list(executor.map(prepare_image, images[:2]))
     assert all(isinstance(r, PreparedImage) for r in results)
     assert io.BytesIO(results[0].jpeg).read(2) == b"\xff\xd8"
+
+
+def quick(path: Path, options: PreprocessOptions) -> PreprocessFailure:
+    return PreprocessFailure("not_an_image", "quick")
+
+
+def result_is_in(task: asyncio.Task[object]) -> bool:
+    waiting_on = task._fut_waiter  # type: ignore[attr-defined]
+    return waiting_on is not None and waiting_on.done()
+
+
+async def test_a_caller_cancelled_as_its_image_completes_stops_all_the_same(
+    images: list[Path],
+) -> None:
+    # The race that matters: the result is in, the caller not yet resumed, and it is cancelled
+    # (a TaskGroup stopping its stages). Swallowing that cancellation would leave the caller
+    # running on into work nobody waits for.
+    async with PreprocessPool(workers=1) as pool:
+        for _ in range(8):
+            caller = asyncio.create_task(pool._run(quick, images[0], PreprocessOptions()))
+            # Poll the task's own wait, one loop turn at a time: no event marks that instant.
+            while not result_is_in(caller):  # noqa: ASYNC110
+                await asyncio.sleep(0)
+            caller.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await caller
