@@ -3,9 +3,11 @@
 A gateway counts calls when they arrive, in a sliding window of its own. ``AsyncLimiter(10, 60)``
 starts with an empty bucket and lets 19 calls land in the first minute, which a strict gateway
 answers with rate-limit errors. So the gate spaces calls evenly instead: an
-``AsyncLimiter(1, spacing)`` with ``spacing = period / calls`` stretched by a small margin for
-network jitter. No window of ``period`` seconds then holds more than ``calls`` arrivals, and a
-steady run still uses (1 / (1 + margin)) of the allowance.
+``AsyncLimiter(1, spacing)`` with ``spacing = (period * (1 + margin) + jitter) / calls``. Any
+``calls + 1`` consecutive calls then leave over ``period + margin * period + jitter`` apart, so
+even if the first reached the gateway that much later than the last (network, a busy host), no
+window of ``period`` seconds holds more than ``calls`` arrivals. A steady run still uses
+``period / (period * (1 + margin) + jitter)`` of the allowance: 98.9% of 10/60s, 96% of 10/2s.
 
 On top of the spacing the gate keeps a shared "not before" time: a rate-limit answer to any
 caller pauses every caller (honouring ``Retry-After``), since the gateway's window is shared by
@@ -75,8 +77,9 @@ class CallGate:
 
     Args:
         rate: the allowance to respect.
-        margin: relative stretch of the spacing between calls, absorbing jitter between the
-            moment a call leaves and the moment the gateway counts it.
+        margin: relative stretch of the spacing between calls.
+        jitter: seconds of variation, between calls, of the delay from the moment a call
+            leaves to the moment the gateway counts it, that the spacing absorbs.
         budget: total calls this gate may admit; the next ``acquire`` raises
             :class:`BudgetExhausted`. ``None`` means unlimited.
         clock: monotonic clock, injectable for tests.
@@ -86,12 +89,13 @@ class CallGate:
         self,
         rate: Rate,
         *,
-        margin: float = 0.02,
+        margin: float = 0.01,
+        jitter: float = 0.05,
         budget: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.rate = rate
-        self.spacing = rate.period / rate.calls * (1.0 + margin)
+        self.spacing = (rate.period * (1.0 + margin) + jitter) / rate.calls
         self.budget = budget
         self._limiter = AsyncLimiter(1, self.spacing)
         self._clock = clock

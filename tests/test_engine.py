@@ -316,7 +316,7 @@ async def test_bad_files_fail_alone_and_the_job_goes_on(sandbox: Sandbox, tmp_pa
 
 
 async def test_the_rate_is_respected_and_used(query_dir: Path, tmp_path: Path) -> None:
-    rate = Rate(10, 1.0)
+    rate = Rate(10, 2.0)
     config = SandboxConfig(rate=rate)
     photos = sorted(query_dir.glob("q0*.jpg"))[:12]
     subset = tmp_path / "subset"
@@ -324,7 +324,7 @@ async def test_the_rate_is_respected_and_used(query_dir: Path, tmp_path: Path) -
     for p in photos:
         shutil.copy(p, subset / p.name)
     async with Sandbox(config) as sandbox:
-        job = make_job(subset, tmp_path / "out", sandbox.url, gateway={"rate": "10/1s"})
+        job = make_job(subset, tmp_path / "out", sandbox.url, gateway={"rate": "10/2s"})
         outcome = await run_job(job, credentials=creds(config))
         stats = sandbox.stats()
     assert outcome.exit_code == ExitCode.OK, outcome.message
