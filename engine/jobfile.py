@@ -92,13 +92,14 @@ class Job:
 
         Stored answers are reused only under the same key.
         """
+        filters = self.filters.fingerprint()
         return {
             "protocol": self.gateway.protocol,
             "endpoint": self.gateway.endpoint,
             "page_size": self.gateway.page_size,
             "server_filters": {
-                "price_min": _str_or_none(self.filters.price_min),
-                "price_max": _str_or_none(self.filters.price_max),
+                "price_min": filters["price_min"],
+                "price_max": filters["price_max"],
                 "moq_min": self.filters.moq_min if self.gateway.protocol == "seed" else None,
                 "freight": self.filters.freight if self.gateway.protocol == "seed" else "all",
             },
@@ -127,10 +128,6 @@ class Job:
         if rate is not None:
             job = replace(job, gateway=replace(job.gateway, rate=rate))
         return job
-
-
-def _str_or_none(value: Decimal | None) -> str | None:
-    return None if value is None else str(value)
 
 
 def load_job(path: Path) -> Job:

@@ -29,7 +29,7 @@ import signal
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import IntEnum
 
@@ -259,23 +259,15 @@ class JobRunner:
         if stored is None:
             return False
         self.state.put_image(
-            ImageRecord(
-                run_id=self.run.run_id,
-                path=path,
-                size=candidate.size,
-                mtime_ns=candidate.mtime_ns,
+            replace(
+                _new_record(self.run.run_id, candidate),
                 sha256=previous.sha256,
                 status="fetched",
-                reason=None,
-                message=None,
-                attempts=0,
                 response_id=stored.id,
                 reused=True,
-                calls=0,
                 width=previous.width,
                 height=previous.height,
                 steps=previous.steps,
-                part=None,
             )
         )
         return True

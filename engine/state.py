@@ -241,8 +241,7 @@ class StateStore:
 
     def calls_spent(self, run_id: str) -> int:
         """Gateway calls this run has spent, over all its invocations, lost ones included."""
-        row = self.db.execute("SELECT calls FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        return int(row[0]) if row else 0
+        return _run_calls(self.db, run_id)
 
     def record_calls(self, run_id: str, calls: int) -> None:
         with self.transaction() as db:
@@ -515,6 +514,11 @@ def _run_totals(db: sqlite3.Connection, run_id: str) -> dict[str, int]:
     return {"images": images, "calls": calls, "reused": reused, "searched": searched}
 
 
+def _run_calls(db: sqlite3.Connection, run_id: str) -> int:
+    row = db.execute("SELECT calls FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    return int(row[0]) if row else 0
+
+
 def _latest_run(db: sqlite3.Connection) -> Run | None:
     row = db.execute(
         "SELECT run_id, run_date, started_at, fingerprint, completed_at FROM runs"
@@ -565,12 +569,11 @@ def snapshot(out: Path) -> Snapshot | None:
         if run is None:
             return Snapshot(None, {}, {}, 0, 0, 0, stored)
         totals = _run_totals(db, run.run_id)
-        calls = db.execute("SELECT calls FROM runs WHERE run_id = ?", (run.run_id,)).fetchone()
         return Snapshot(
             run=run,
             images=_status_counts(db, run.run_id),
             failures=_failure_counts(db, run.run_id),
-            calls=calls[0],
+            calls=_run_calls(db, run.run_id),
             reused_answers=totals["reused"],
             searched=totals["searched"],
             stored_answers=stored,

@@ -240,6 +240,18 @@ class Gateway:
         self.stats.reset()
         return web.json_response({"reset": True})
 
+    async def _gatekeep(
+        self, protocol: str, api: str, refusal: Answer | None
+    ) -> Answer | _Drop | None:
+        """What every call meets before its API, in both protocols: a refusal from the checks,
+        else admission (rate window, usage count), else an injected fault. ``None``: serve it."""
+        if refusal is not None:
+            return refusal
+        gate = self._admit(protocol, api)
+        if isinstance(gate, Answer):
+            return gate
+        return await self._misbehave(protocol, gate)
+
     # --- ocean ------------------------------------------------------------------------------
 
     async def _ocean(
@@ -252,14 +264,9 @@ class Gateway:
         app_key: str,
     ) -> Answer | _Drop:
         refusal = self._ocean_refusal(request, params, version, namespace, api, app_key)
-        if refusal is not None:
-            return refusal
-        gate = self._admit("ocean", api)
-        if isinstance(gate, Answer):
-            return gate
-        faulted = await self._misbehave("ocean", gate)
-        if faulted is not None:
-            return faulted
+        blocked = await self._gatekeep("ocean", api, refusal)
+        if blocked is not None:
+            return blocked
         if api == UPLOAD_API:
             return await self._ocean_upload(params)
         return self._ocean_query(params)
@@ -347,15 +354,9 @@ class Gateway:
     # --- seed -------------------------------------------------------------------------------
 
     async def _seed(self, request: web.Request, params: dict[str, str], api: str) -> Answer | _Drop:
-        refusal = self._seed_refusal(request, params, api)
-        if refusal is not None:
-            return refusal
-        gate = self._admit("seed", api)
-        if isinstance(gate, Answer):
-            return gate
-        faulted = await self._misbehave("seed", gate)
-        if faulted is not None:
-            return faulted
+        blocked = await self._gatekeep("seed", api, self._seed_refusal(request, params, api))
+        if blocked is not None:
+            return blocked
         return await self._seed_search(params)
 
     def _seed_refusal(
