@@ -11,6 +11,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# The test extra brings the sandbox extra (numpy), which `make run` needs for the embedded sandbox.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
@@ -29,14 +30,16 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
-# Rebuild the committed sample set (deterministic).
+# Rebuild the committed sample set (deterministic) with the generator in tools/ (not packaged):
+# buyer photos, awkward files and truth.json in sample_images/, and the sandbox's built-in
+# catalogue, package data in engine/sandbox/data/catalogue/.
 samples: $(STAMP)
-	$(BIN)/python -m engine.samplegen samples sample_images
+	$(BIN)/python -m tools.samplegen samples sample_images --catalogue engine/sandbox/data/catalogue
 
 # A large synthetic corpus for benchmarks: make corpus N=5000 [CORPUS=dir]
 CORPUS ?= build/corpus
 corpus: $(STAMP)
-	$(BIN)/python -m engine.samplegen corpus $(CORPUS) --count $(N)
+	$(BIN)/python -m tools.samplegen corpus $(CORPUS) --count $(N)
 
 clean:
 	rm -rf build .pytest_cache

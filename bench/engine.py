@@ -43,9 +43,9 @@ from engine.jobfile import Job, parse_job
 from engine.pool import PreprocessPool
 from engine.ratelimit import Rate
 from engine.runner import run_job
-from engine.samplegen import write_corpus
 from engine.sandbox import Sandbox, SandboxConfig
 from engine.sandbox.catalogue import DEFAULT_CATALOGUE, Catalogue, Match
+from tools.samplegen import write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "build" / "bench"
@@ -142,7 +142,7 @@ def _private_token_store() -> Iterator[None]:
 
 
 def ensure_corpus() -> list[Path]:
-    """300 buyer photos of :mod:`engine.samplegen` (800 to 1,400 px), made once."""
+    """300 buyer photos of :mod:`tools.samplegen` (800 to 1,400 px), made once."""
     folder = CACHE / f"corpus{CORPUS_COUNT}"
     if len(list(folder.glob("*.jpg"))) < CORPUS_COUNT:
         _note(f"generating {CORPUS_COUNT} buyer photos into {folder} (once, ~1.5 min)")

@@ -13,7 +13,7 @@ Figures printed:
   the sample photos against the sandbox catalogue with each combination (they stay off by
   default unless this shows they help).
 
-The corpus (:mod:`engine.samplegen`) is generated once into ``build/bench/`` and reused.
+The corpus (:mod:`tools.samplegen`) is generated once into ``build/bench/`` and reused.
 Run: ``python -m bench.preprocess``.
 """
 
@@ -34,10 +34,12 @@ from PIL import Image
 
 from engine.pool import PreprocessPool
 from engine.preprocess import PreparedImage, PreprocessOptions, prepare_image
-from engine.samplegen import write_corpus, write_large
 from engine.sandbox.catalogue import DEFAULT_CATALOGUE, Catalogue
+from tools.samplegen import write_corpus, write_large
 
-CACHE = Path(__file__).resolve().parents[1] / "build" / "bench"
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "build" / "bench"
+SAMPLES = ROOT / "sample_images"
 LARGE_COUNT = 12
 HUGE_SIDE = 7072  # samplegen photos are square: 7072x7072 is 50 MP
 MAX_SIDE = 800
@@ -66,7 +68,7 @@ def our_way(path: Path) -> str:
 
 
 def ensure_corpus() -> tuple[list[Path], Path]:
-    """The large corpus and the 50 MP photo (buyer photos of :mod:`engine.samplegen`), made once."""
+    """The large corpus and the 50 MP photo (buyer photos of :mod:`tools.samplegen`), made once."""
     large = CACHE / "large"
     if len(list(large.glob("*.jpg"))) < LARGE_COUNT:
         write_corpus(large, LARGE_COUNT, large=True, progress=False)
@@ -120,15 +122,14 @@ def optional_steps_hit_rates() -> None:
     """Whether trim_border / autocontrast help matching: top-1 hits of the sample photos
     against the sandbox catalogue, and the mean lead of the true product over the runner-up."""
     catalogue = Catalogue.load(DEFAULT_CATALOGUE)
-    samples = DEFAULT_CATALOGUE.parent
-    truth = json.loads((samples / "truth.json").read_text())
+    truth = json.loads((SAMPLES / "truth.json").read_text())
     print(f"optional steps, {len(truth)} sample photos against the sandbox catalogue:")
     for trim, contrast in ((False, False), (True, False), (False, True), (True, True)):
         options = PreprocessOptions(trim_border=trim, autocontrast=contrast)
         hits = tried = 0
         lead = 0.0
         for relative, offer_id in truth.items():
-            prepared = prepare_image(samples / relative, options)
+            prepared = prepare_image(SAMPLES / relative, options)
             if not isinstance(prepared, PreparedImage):
                 continue
             ranked = catalogue.search(prepared.jpeg)

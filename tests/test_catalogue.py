@@ -13,8 +13,8 @@ import pytest
 from PIL import Image, ImageCms, ImageOps
 
 from engine.sandbox.catalogue import DEFAULT_CATALOGUE, Catalogue, Match, Product
+from tests.paths import SAMPLES
 
-SAMPLES = DEFAULT_CATALOGUE.parent
 TRUTH: dict[str, int] = json.loads((SAMPLES / "truth.json").read_text(encoding="utf-8"))
 
 

@@ -10,7 +10,7 @@ import pytest
 from engine.errors import ConfigError
 from engine.jobfile import SANDBOX, load_job, parse_job
 from engine.ratelimit import Rate
-from tests.conftest import REPO
+from tests.paths import REPO
 
 
 def minimal(**sections: dict) -> dict:

@@ -7,6 +7,9 @@ normalised grayscale layout and a chromaticity layout (where each colour sits, w
 colour cast subtracted). Layouts of a query are taken at a few tilts and the best one counts.
 Similarity is a weighted sum of cosine similarities, so ranking a query against every product
 is a couple of small matrix products.
+
+The maths needs numpy, which only the ``sandbox`` extra installs: without it this module still
+imports (the engine and the command line load it), and :meth:`Catalogue.load` says what to install.
 """
 
 from __future__ import annotations
@@ -17,18 +20,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+from engine.errors import ConfigError
+
+try:
+    import numpy as np
+except ImportError:  # installed without the sandbox extra
+    np = None
 
 __all__ = [
     "DEFAULT_CATALOGUE",
+    "NUMPY_MISSING",
     "Catalogue",
     "Match",
     "PriceTier",
     "Product",
 ]
 
-DEFAULT_CATALOGUE: Path = Path(__file__).resolve().parents[2] / "sample_images" / "catalogue"
+# The built-in catalogue is package data: it is installed beside this module.
+DEFAULT_CATALOGUE: Path = Path(__file__).resolve().parent / "data" / "catalogue"
+NUMPY_MISSING = "the sandbox gateway needs numpy: pip install 'img1688[sandbox]'"
 
 _MASK_SIDE = 160  # the object is located on a thumbnail of this long side
 _DETAIL_SIDE = 480  # and described from a crop of the image decoded at about this size
@@ -155,8 +167,11 @@ class Catalogue:
     def load(cls, directory: Path) -> Catalogue:
         """Read ``directory/catalogue.json`` and describe every product image once.
 
-        Raises :class:`ValueError` when the JSON or an image is malformed.
+        Raises :class:`ValueError` when the JSON or an image is malformed, and
+        :class:`~engine.errors.ConfigError` when numpy is not installed.
         """
+        if np is None:
+            raise ConfigError(NUMPY_MISSING)
         directory = Path(directory)
         try:
             raw = json.loads((directory / "catalogue.json").read_text(encoding="utf-8"))

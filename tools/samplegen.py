@@ -1,8 +1,10 @@
 """Deterministic synthetic images for the sandbox catalogue, tests and benchmarks.
 
-``python -m engine.samplegen samples DIR`` rebuilds the committed sample set: studio shots of
-synthetic products with 1688-style wholesale metadata (``DIR/catalogue``), buyer photos of those
-products (``DIR/queries``), awkward files (``DIR/awkward``) and the ground truth
+A developer tool run from the checkout, not part of the installed package.
+``python -m tools.samplegen samples DIR`` rebuilds the committed sample set: studio shots of
+synthetic products with 1688-style wholesale metadata (the sandbox's built-in catalogue, package
+data in ``engine/sandbox/data/catalogue``; ``--catalogue CAT`` writes it elsewhere), buyer photos
+of those products (``DIR/queries``), awkward files (``DIR/awkward``) and the ground truth
 (``DIR/truth.json``). ``corpus DIR --count N [--large]`` streams a benchmark corpus of buyer
 photos to disk; ``large FILE [--side 6000]`` writes one very large photo.
 
@@ -27,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
-from engine.sandbox.catalogue import PriceTier, Product
+from engine.sandbox.catalogue import DEFAULT_CATALOGUE, PriceTier, Product
 
 __all__ = ["PRODUCT_SPECS", "ProductSpec", "build_products", "main", "render_object"]
 
@@ -727,14 +729,15 @@ def _write(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def write_samples(root: Path) -> dict[str, int]:
-    """Rebuild the sample set under ``root``; return the ground truth it wrote."""
-    for part in ("catalogue", "queries", "awkward"):
-        shutil.rmtree(root / part, ignore_errors=True)
+def write_samples(root: Path, catalogue: Path) -> dict[str, int]:
+    """Rebuild the sample set under ``root`` and the product catalogue in ``catalogue``;
+    return the ground truth it wrote."""
+    for folder in (catalogue, root / "queries", root / "awkward"):
+        shutil.rmtree(folder, ignore_errors=True)
     products = build_products()
     for index, product in enumerate(products):
-        _write(root / "catalogue" / product.image, _jpeg(_studio_shot(index), 88))
-    (root / "catalogue" / "catalogue.json").write_text(
+        _write(catalogue / product.image, _jpeg(_studio_shot(index), 88))
+    (catalogue / "catalogue.json").write_text(
         json.dumps([p.to_json() for p in products], ensure_ascii=False, indent=2) + "\n",
         encoding="utf-8",
     )
@@ -952,13 +955,19 @@ def write_large(path: Path, side: int = 6000) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m engine.samplegen {samples,corpus,large} ...``; returns the exit code."""
+    """``python -m tools.samplegen {samples,corpus,large} ...``; returns the exit code."""
     parser = argparse.ArgumentParser(
-        prog="python -m engine.samplegen", description=__doc__.splitlines()[0]
+        prog="python -m tools.samplegen", description=__doc__.splitlines()[0]
     )
     commands = parser.add_subparsers(dest="command", required=True)
     samples = commands.add_parser("samples", help="rebuild the committed sample set")
     samples.add_argument("directory", type=Path)
+    samples.add_argument(
+        "--catalogue",
+        type=Path,
+        default=DEFAULT_CATALOGUE,
+        help="where the product catalogue goes (default: the sandbox's, %(default)s)",
+    )
     corpus = commands.add_parser("corpus", help="write a benchmark corpus of buyer photos")
     corpus.add_argument("directory", type=Path)
     corpus.add_argument("--count", type=int, required=True)
@@ -968,9 +977,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     large.add_argument("--side", type=int, default=6000)
     args = parser.parse_args(argv)
     if args.command == "samples":
-        truth = write_samples(args.directory)
+        truth = write_samples(args.directory, args.catalogue)
         print(
-            f"wrote {len(PRODUCT_SPECS)} products, {len(truth)} labelled images: {args.directory}"
+            f"wrote {len(PRODUCT_SPECS)} products to {args.catalogue}, "
+            f"{len(truth)} labelled images to {args.directory}"
         )
     elif args.command == "corpus":
         if args.count < 1:
