@@ -13,12 +13,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from engine.clean import WholesaleFilters
 from engine.client import RetryPolicy, SearchFilters
 from engine.errors import ConfigError
 from engine.preprocess import PreprocessOptions
+from engine.protocol import PROTOCOLS, ProtocolName
 from engine.ratelimit import Rate
 
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "bmp", "webp", "tif", "tiff")
@@ -38,7 +39,7 @@ class Inputs:
 
 @dataclass(frozen=True)
 class Gateway:
-    protocol: Literal["ocean", "seed"] = "ocean"
+    protocol: ProtocolName = "ocean"
     endpoint: str = SANDBOX
     rate: Rate = Rate(10, 60.0)
     page_size: int = 20
@@ -212,7 +213,7 @@ def parse_job(
 
 
 def _parse_gateway(section: _Section) -> Gateway:
-    protocol = section.get("protocol", str, "ocean", check=_one_of("ocean", "seed"))
+    protocol = section.get("protocol", str, "ocean", check=_one_of(*PROTOCOLS))
     endpoint = section.get("endpoint", str, SANDBOX)
     if endpoint != SANDBOX and not endpoint.startswith(("http://", "https://")):
         raise ConfigError(f"gateway.endpoint: {endpoint!r} is neither 'sandbox' nor an http(s) URL")

@@ -11,7 +11,9 @@ window of ``period`` seconds holds more than ``calls`` arrivals. A steady run st
 
 On top of the spacing the gate keeps a shared "not before" time: a rate-limit answer to any
 caller pauses every caller (honouring ``Retry-After``), since the gateway's window is shared by
-all of them. It also enforces an optional budget of calls for the run.
+all of them. It also enforces an optional budget of calls for the run, from which a unit of
+work (one search) reserves the calls it needs up front: :meth:`CallGate.reserve` yields a
+:class:`Reservation`, and :meth:`CallGate.acquire` draws from the reservation it is given.
 """
 
 from __future__ import annotations
@@ -21,23 +23,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
 
 from engine.errors import Img1688Error
-
-
-@dataclass(eq=False)
-class _Reservation:
-    calls: int
-    used: int = 0
-
-
-_current_reservation: ContextVar[_Reservation | None] = ContextVar(
-    "img1688_reservation", default=None
-)
 
 
 class BudgetExhausted(Img1688Error):
@@ -69,10 +59,32 @@ class Rate:
         return f"{self.calls}/{self.period:g}s"
 
 
+@dataclass(eq=False)
+class Reservation:
+    """Calls of a gate's budget held for one unit of work, from :meth:`CallGate.reserve`.
+
+    Pass it to every :meth:`CallGate.acquire` of that work. While it is held, its unused calls
+    (``calls - used``, never below 0) count against the budget for every other
+    :meth:`~CallGate.reserve`. It is released when the ``with`` block of ``reserve`` ends.
+    """
+
+    calls: int
+    """Calls held when it was taken."""
+    used: int = 0
+    """Calls acquired with it so far; may exceed ``calls`` (retries)."""
+
+    @property
+    def remaining(self) -> int:
+        """Calls still held for this work."""
+        return max(0, self.calls - self.used)
+
+
 class CallGate:
     """Admit calls so that no window of ``rate.period`` seconds holds more than ``rate.calls``.
 
-    Use ``await gate.acquire()`` immediately before each HTTP attempt, retries included.
+    Use ``await gate.acquire(reservation)`` immediately before each HTTP attempt, retries
+    included, where ``reservation`` comes from ``with gate.reserve(calls) as reservation:``
+    around the unit of work (``acquire()`` alone admits a call that belongs to none).
     Create one gate per event loop (the underlying limiter binds to the first loop it runs on).
 
     Args:
@@ -101,15 +113,28 @@ class CallGate:
         self._clock = clock
         self._not_before = 0.0
         self._admitted: deque[float] = deque()
-        self._reservations: set[_Reservation] = set()
+        self._reservations: set[Reservation] = set()
         self.spent = 0
 
     def pause(self, seconds: float) -> None:
         """Hold back every caller for ``seconds`` from now (extends, never shortens, a pause)."""
         self._not_before = max(self._not_before, self._clock() + max(0.0, seconds))
 
-    async def acquire(self) -> None:
-        """Wait until one more call may be sent, then count it."""
+    async def acquire(self, reservation: Reservation | None = None) -> None:
+        """Wait until one more call may be sent, then count it.
+
+        The call is counted against ``reservation`` (``used`` goes up by one), which must be
+        held on this gate. The budget check is the same with or without one: the call is
+        refused only once ``spent`` has reached the budget. So a call drawn from a reservation
+        always fits while the reservation has calls left, and a call without a reservation, or
+        beyond one (a retry), may take calls that other reservations still hold.
+
+        Raises:
+            BudgetExhausted: the budget is spent, or :meth:`close` was called.
+            ValueError: ``reservation`` is not held on this gate (released, or another gate's).
+        """
+        if reservation is not None and reservation not in self._reservations:
+            raise ValueError("the reservation is not held on this gate")
         while True:
             self._check_budget()
             delay = self._not_before - self._clock()
@@ -122,7 +147,7 @@ class CallGate:
                 continue
             self._check_budget()
             self.spent += 1
-            if (reservation := _current_reservation.get()) is not None:
+            if reservation is not None:
                 reservation.used += 1
             now = self._clock()
             self._admitted.append(now)
@@ -130,27 +155,33 @@ class CallGate:
             return
 
     @contextmanager
-    def reserve(self, calls: int) -> Iterator[None]:
-        """Hold ``calls`` of the budget for one unit of work, or raise :class:`BudgetExhausted`
-        at once. An ``ocean`` search is an upload and a query: reserving both up front keeps
-        the budget from running out between them, which would waste the upload. Calls that
-        this task then acquires are drawn from its reservation."""
+    def reserve(self, calls: int) -> Iterator[Reservation]:
+        """Hold ``calls`` of the budget for one unit of work while the ``with`` block runs.
+
+        An ``ocean`` search is an upload and a query: reserving both up front keeps the budget
+        from running out between them, which would waste the upload. Pass the yielded
+        :class:`Reservation` to every :meth:`acquire` of that work; the calls it still holds are
+        released when the block ends, however it ends. Without a budget, a reservation only
+        counts calls.
+
+        Raises:
+            BudgetExhausted: at once, before the block runs, when ``spent`` plus the calls other
+                reservations still hold plus ``calls`` would exceed the budget.
+        """
         if self.budget is not None and self.spent + self._outstanding() + calls > self.budget:
             raise BudgetExhausted(
                 f"the call budget of {self.budget} calls for this run is spent"
                 " (or too little is left for one more search)"
             )
-        reservation = _Reservation(calls)
+        reservation = Reservation(calls)
         self._reservations.add(reservation)
-        token = _current_reservation.set(reservation)
         try:
-            yield
+            yield reservation
         finally:
-            _current_reservation.reset(token)
             self._reservations.discard(reservation)
 
     def _outstanding(self) -> int:
-        return sum(max(0, r.calls - r.used) for r in self._reservations)
+        return sum(r.remaining for r in self._reservations)
 
     def close(self) -> None:
         """Admit no further call: the next :meth:`acquire` raises :class:`BudgetExhausted`.

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLES = REPO / "sample_images"
+# The client tests' helpers assert too: rewrite them for pytest's messages, before the import.
+pytest.register_assert_rewrite("tests.gateway_kit")
+
+from engine.sandbox import Sandbox  # noqa: E402
+from engine.sandbox.catalogue import Catalogue  # noqa: E402
+from engine.state import StateStore  # noqa: E402
+from tests.gateway_kit import StartSandbox, sandboxes, write_catalogue  # noqa: E402
+from tests.paths import SAMPLES  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -55,3 +61,34 @@ def _toml(value: object) -> str:
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     return str(value)
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Iterator[StateStore]:
+    """A real checkpoint database in a private output directory, closed after the test."""
+    with StateStore(tmp_path / "out") as store:
+        yield store
+
+
+# --- the client against the sandbox (helpers in tests/gateway_kit.py) ---------------------
+
+
+@pytest.fixture(scope="session")
+def client_catalogue(tmp_path_factory: pytest.TempPathFactory) -> Catalogue:
+    """Four products, one per colour of ``gateway_kit.COLOURS``, drawn once per session."""
+    return write_catalogue(tmp_path_factory.mktemp("client-catalogue"))
+
+
+@pytest.fixture
+async def start_sandbox(client_catalogue: Catalogue) -> AsyncIterator[StartSandbox]:
+    """``await start_sandbox(**config_changes)`` starts a sandbox that knows our app; every
+    sandbox a test starts is stopped after it."""
+    async with sandboxes(client_catalogue) as start:
+        yield start
+
+
+@pytest.fixture
+async def shared_sandbox(client_catalogue: Catalogue) -> AsyncIterator[Sandbox]:
+    """One sandbox for a whole test, such as every example of a property test."""
+    async with sandboxes(client_catalogue) as start:
+        yield await start()

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from engine.ratelimit import BudgetExhausted, CallGate, Rate
+from engine.ratelimit import BudgetExhausted, CallGate, Rate, Reservation
 
 
 @pytest.mark.parametrize(
@@ -30,12 +30,14 @@ def test_bad_rates_say_what_is_expected(text: str) -> None:
         Rate.parse(text)
 
 
-async def admit(gate: CallGate, callers: int, calls_each: int) -> list[float]:
+async def admit(
+    gate: CallGate, callers: int, calls_each: int, reservation: Reservation | None = None
+) -> list[float]:
     times: list[float] = []
 
     async def caller() -> None:
         for _ in range(calls_each):
-            await gate.acquire()
+            await gate.acquire(reservation)
             times.append(time.monotonic())
 
     await asyncio.gather(*(caller() for _ in range(callers)))
@@ -92,19 +94,77 @@ async def test_a_reservation_holds_its_calls_back_from_others() -> None:
     release = asyncio.Event()
 
     async def search() -> None:
-        with gate.reserve(2):
-            await gate.acquire()  # the upload
+        with gate.reserve(2) as reservation:
+            await gate.acquire(reservation)  # the upload
             first_half_done.set()
             await release.wait()
-            await gate.acquire()  # the query, from the same reservation
+            await gate.acquire(reservation)  # the query, from the same reservation
 
     first = asyncio.create_task(search())
     await first_half_done.wait()
     # One call spent, one still owed to the first search: room for exactly one more search.
-    with gate.reserve(2):
+    with gate.reserve(2) as second:
         with pytest.raises(BudgetExhausted, match="too little is left"):
             gate.reserve(1).__enter__()
-        await admit(gate, callers=1, calls_each=2)
+        await admit(gate, callers=1, calls_each=2, reservation=second)
     release.set()
     await first
     assert gate.spent == 4
+
+
+async def test_acquire_draws_from_the_reservation_it_is_given() -> None:
+    gate = CallGate(Rate(1000, 1.0), budget=4)
+    with gate.reserve(2) as mine, gate.reserve(1) as theirs:
+        await gate.acquire(mine)
+        assert (mine.used, mine.remaining, theirs.used, theirs.remaining) == (1, 1, 0, 1)
+        # Spent 1, held back 1 + 1: one call is left to reserve, not two.
+        with pytest.raises(BudgetExhausted, match="too little is left"):
+            gate.reserve(2).__enter__()
+        with gate.reserve(1) as last:
+            assert last.remaining == 1
+        await gate.acquire(theirs)
+        await gate.acquire(mine)
+        assert (mine.remaining, theirs.remaining, gate.spent) == (0, 0, 3)
+    # Released: what no reservation holds any more can be reserved again.
+    with gate.reserve(1):
+        pass
+
+
+async def test_calls_beyond_a_reservation_hold_nothing_back() -> None:
+    gate = CallGate(Rate(1000, 1.0), budget=6)
+    with gate.reserve(1) as mine:
+        await admit(gate, callers=1, calls_each=3, reservation=mine)  # two retries beyond it
+        assert (mine.used, mine.remaining) == (3, 0)
+        # Spent 3 and nothing held: 3 left, so 3 fit and 4 do not.
+        with pytest.raises(BudgetExhausted, match="too little is left"):
+            gate.reserve(4).__enter__()
+        with gate.reserve(3):
+            pass
+
+
+async def test_a_reservation_is_released_however_its_block_ends() -> None:
+    gate = CallGate(Rate(1000, 1.0), budget=2)
+    with pytest.raises(RuntimeError), gate.reserve(2):
+        raise RuntimeError("the search failed")
+    with gate.reserve(2) as again:
+        await admit(gate, callers=1, calls_each=2, reservation=again)
+    assert gate.spent == 2
+
+
+async def test_acquire_refuses_a_reservation_the_gate_does_not_hold() -> None:
+    gate = CallGate(Rate(1000, 1.0))
+    with gate.reserve(1) as released:
+        pass
+    with CallGate(Rate(1000, 1.0)).reserve(1) as foreign:
+        for reservation in (released, foreign):
+            with pytest.raises(ValueError, match="not held on this gate"):
+                await gate.acquire(reservation)
+    assert gate.spent == released.used == foreign.used == 0
+
+
+async def test_without_a_budget_reservations_only_count() -> None:
+    gate = CallGate(Rate(1000, 1.0))
+    with gate.reserve(10**9) as huge, gate.reserve(10**9) as other:
+        await gate.acquire(huge)
+        await gate.acquire(other)
+    assert (huge.used, other.used, gate.spent) == (1, 1, 2)

@@ -9,10 +9,18 @@ import signal
 import sys
 from pathlib import Path
 
+from engine.errors import ConfigError
+from engine.protocol import (
+    OCEAN_QUERY,
+    OCEAN_UPLOAD,
+    OPENAPI_PREFIX,
+    SEED_PATH,
+    TOKEN_PATH,
+    ocean_path,
+)
 from engine.ratelimit import Rate
 from engine.sandbox import Faults, Sandbox, SandboxConfig
 from engine.sandbox.catalogue import DEFAULT_CATALOGUE
-from engine.sandbox.server import OCEAN_NAMESPACE, QUERY_API, SEED_API, UPLOAD_API
 
 DEFAULTS = SandboxConfig()
 
@@ -63,7 +71,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         nargs="+",
         default=[],
         metavar="NAME",
-        help=f"answer these APIs with an ACL decline, e.g. {QUERY_API}",
+        help=f"answer these APIs with an ACL decline, e.g. {OCEAN_QUERY}",
     )
     parser.add_argument(
         "--usage-limit", type=int, default=None, metavar="N", help="calls before no usage is left"
@@ -118,7 +126,7 @@ def handle(args: argparse.Namespace) -> int:
         asyncio.run(_serve(config))
     except KeyboardInterrupt:
         pass
-    except ValueError as exc:  # the catalogue could not be loaded
+    except (ConfigError, ValueError) as exc:  # no numpy, or the catalogue is unreadable
         print(f"img1688 sandbox: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
@@ -145,7 +153,8 @@ async def _serve(config: SandboxConfig) -> None:
 def _banner(sandbox: Sandbox) -> str:
     config = sandbox.config
     base = sandbox.url
-    ocean = f"{base}/openapi/param2/1/{OCEAN_NAMESPACE}"
+    openapi = f"{base}{OPENAPI_PREFIX}"
+    key = config.app_key
     lines = [
         f"img1688 sandbox listening on {base}",
         "sandbox-only credentials (valid for this server alone):",
@@ -155,10 +164,10 @@ def _banner(sandbox: Sandbox) -> str:
         f"  refresh token {config.refresh_token}",
         f"rate limit {config.rate} per app key; stats at {base}/__sandbox__/stats",
         "endpoints:",
-        f"  ocean upload  POST {ocean}/{UPLOAD_API}/{config.app_key}",
-        f"  ocean query   POST {ocean}/{QUERY_API}/{config.app_key}",
-        f"  ocean token   POST {base}/openapi/http/1/system.oauth2/getToken/{config.app_key}",
-        f"  seed search   POST {base}/openapi/param2/1/{SEED_API}/2.0",
+        f"  ocean upload  POST {openapi}{ocean_path(OCEAN_UPLOAD, key)}",
+        f"  ocean query   POST {openapi}{ocean_path(OCEAN_QUERY, key)}",
+        f"  ocean token   POST {openapi}{TOKEN_PATH}/{key}",
+        f"  seed search   POST {openapi}{SEED_PATH}",
         "press Ctrl-C to stop",
     ]
     return "\n".join(lines)

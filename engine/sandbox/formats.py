@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+from engine.protocol import ProtocolName
 from engine.sandbox.catalogue import Match, Product
 from engine.signing import GMT8
 
@@ -253,14 +254,14 @@ def _plain(value: Decimal) -> str:
 # --- refusals both protocols make ----------------------------------------------------------
 
 
-def acl_declined(protocol: str, api: str) -> Answer:
+def acl_declined(protocol: ProtocolName, api: str) -> Answer:
     """The app may not call ``api``."""
     if protocol == "ocean":
         return ocean_error(400, "gw.APIACLDecline", f"app has no permission for api {api}")
     return seed_error(200, 11, "Insufficient isv permissions", "isv.api-acl-decline")
 
 
-def rate_limited(protocol: str, retry_after: int) -> Answer:
+def rate_limited(protocol: ProtocolName, retry_after: int) -> Answer:
     """Over the rate limit; ``Retry-After`` says in how many whole seconds a slot frees."""
     headers = {"Retry-After": str(retry_after)}
     if protocol == "ocean":
@@ -270,7 +271,7 @@ def rate_limited(protocol: str, retry_after: int) -> Answer:
     )
 
 
-def no_usage_left(protocol: str) -> Answer:
+def no_usage_left(protocol: ProtocolName) -> Answer:
     """The app's call quota is used up."""
     if protocol == "ocean":
         return ocean_error(400, "gw.NoUsageLeftError", "no usage left for this app")
@@ -284,13 +285,13 @@ _HTML_5XX = (
 )
 _REASONS = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
 _OCEAN_5XX_CODES = {500: "gw.InternalError", 503: "gw.ServiceUnavailable"}
-_TRUNCATED = {
+_TRUNCATED: dict[ProtocolName, str] = {
     "ocean": '{"result": {"success": "true", "code": "200", "message": "", "result": {"totalRe',
     "seed": '{"image_search_item_response": {"total_results": 20, "items": {"item": [{"item_',
 }
 
 
-def server_error(protocol: str, status: int) -> Answer:
+def server_error(protocol: ProtocolName, status: int) -> Answer:
     """An injected 5xx. Ocean's gateway answers 500/503 in its error shape; a 502 (and every
     seed 5xx) comes from the proxy in front as an HTML page."""
     code = _OCEAN_5XX_CODES.get(status) if protocol == "ocean" else None
@@ -300,6 +301,6 @@ def server_error(protocol: str, status: int) -> Answer:
     return Answer(status, page, content_type="text/html")
 
 
-def truncated(protocol: str) -> Answer:
+def truncated(protocol: ProtocolName) -> Answer:
     """An injected HTTP 200 whose JSON body stops midway."""
     return Answer(200, _TRUNCATED[protocol])

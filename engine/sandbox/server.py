@@ -34,6 +34,17 @@ from typing import Any
 from aiohttp import web
 from PIL import Image
 
+from engine.protocol import (
+    OCEAN_NAMESPACE,
+    OCEAN_QUERY,
+    OCEAN_UPLOAD,
+    OCEAN_VERSION,
+    OPENAPI_PREFIX,
+    SEED_API,
+    TOKEN_API,
+    TOKEN_PATH,
+    ProtocolName,
+)
 from engine.ratelimit import Rate
 from engine.sandbox import formats
 from engine.sandbox.catalogue import DEFAULT_CATALOGUE, Catalogue, Match
@@ -49,12 +60,8 @@ from engine.signing import (
 
 log = logging.getLogger(__name__)
 
-OCEAN_NAMESPACE = "com.alibaba.fenxiao.crossborder"
-UPLOAD_API = "product.image.upload"
-QUERY_API = "product.search.imageQuery"
-TOKEN_API = "system.oauth2.getToken"
-SEED_API = "alibaba.image.search.item"
-OCEAN_APIS = (UPLOAD_API, QUERY_API)
+OCEAN_APIS = (OCEAN_UPLOAD, OCEAN_QUERY)
+_TOKEN_PATH_PARTS = TOKEN_PATH.split("/")
 
 MAX_SKEW_SECONDS = 600.0
 MAX_PAGE_SIZE = 50
@@ -199,7 +206,7 @@ class Gateway:
         elif parts[:1] == ["param2"] and len(parts) == 4:
             api = parts[2]
             answer = await self._seed(request, params, api)
-        elif parts[:4] == ["http", "1", "system.oauth2", "getToken"] and len(parts) == 5:
+        elif parts[:-1] == _TOKEN_PATH_PARTS:
             api = TOKEN_API
             answer = self._get_token(request, params, parts[4])
         elif parts[:1] == ["param2"]:
@@ -241,7 +248,7 @@ class Gateway:
         return web.json_response({"reset": True})
 
     async def _gatekeep(
-        self, protocol: str, api: str, refusal: Answer | None
+        self, protocol: ProtocolName, api: str, refusal: Answer | None
     ) -> Answer | _Drop | None:
         """What every call meets before its API, in both protocols: a refusal from the checks,
         else admission (rate window, usage count), else an injected fault. ``None``: serve it."""
@@ -267,7 +274,7 @@ class Gateway:
         blocked = await self._gatekeep("ocean", api, refusal)
         if blocked is not None:
             return blocked
-        if api == UPLOAD_API:
+        if api == OCEAN_UPLOAD:
             return await self._ocean_upload(params)
         return self._ocean_query(params)
 
@@ -284,7 +291,7 @@ class Gateway:
             return formats.ocean_error(403, "gw.IpNotInWhiteList", "ip not in white list")
         if app_key != self.config.app_key:
             return formats.ocean_error(400, "gw.AppKeyNotFound", f"app key {app_key} not found")
-        if version != "1" or namespace != OCEAN_NAMESPACE or api not in OCEAN_APIS:
+        if version != OCEAN_VERSION or namespace != OCEAN_NAMESPACE or api not in OCEAN_APIS:
             return formats.ocean_error(
                 400, "gw.APIUnsupported", f"api {namespace}:{api}:{version} is unsupported"
             )
@@ -453,7 +460,7 @@ class Gateway:
         ttl = self.config.token_ttl
         return ttl is None or self._clock() - self._token_born < ttl
 
-    def _admit(self, protocol: str, api: str) -> Answer | Decision:
+    def _admit(self, protocol: ProtocolName, api: str) -> Answer | Decision:
         """ACL, rate window and usage; an admitted call is counted and gets its fault draw."""
         if api in self.config.deny_apis:
             return formats.acl_declined(protocol, api)
@@ -473,7 +480,7 @@ class Gateway:
         self.stats.arrivals.append(now)
         return self._faults.decide()
 
-    async def _misbehave(self, protocol: str, decision: Decision) -> Answer | _Drop | None:
+    async def _misbehave(self, protocol: ProtocolName, decision: Decision) -> Answer | _Drop | None:
         """Apply an injected fault: the answer replacing the real one, or ``None``."""
         if decision.delay > 0:
             self.stats.faults[SLOW] += 1
@@ -570,7 +577,7 @@ class Sandbox:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-search")
         gateway = Gateway(self.config, catalogue, self._executor)
         app = web.Application(client_max_size=MAX_BODY_BYTES)
-        app.router.add_route("*", "/openapi/{tail:.*}", gateway.handle)
+        app.router.add_route("*", OPENAPI_PREFIX + "{tail:.*}", gateway.handle)
         app.router.add_get("/__sandbox__/stats", gateway.handle_stats)
         app.router.add_post("/__sandbox__/reset", gateway.handle_reset)
         # No access log: seed requests carry the access token in the query string.
