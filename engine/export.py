@@ -37,12 +37,26 @@ class Exporter:
         self.protocol = protocol
         self._seq = max((_seq_of(p.name) for p in state.parts(run.run_id)), default=0)
 
+    def export_finished(self, paths: Sequence[str]) -> BatchResult | None:
+        """Export the photos of ``paths`` not exported yet; ``None`` when there were none.
+
+        A path queued twice (named twice in the inputs, say) is exported once: the status in
+        the checkpoint database, not the queue, decides.
+        """
+        run_id = self.run.run_id
+        records = [
+            r
+            for p in dict.fromkeys(paths)
+            if (r := self.state.image(run_id, p)) and r.status != "exported"
+        ]
+        return self.export(records) if records else None
+
     def export(self, records: Sequence[ImageRecord]) -> BatchResult:
         """Write one matches part and one images part for ``records``; then, in one transaction,
         register them and mark the images exported."""
         parts, result = self.write(records)
         run_id = self.run.run_id
-        self.state.commit_parts(parts, [(run_id, r.path) for r in records])
+        self.state.exported(parts, [(run_id, r.path) for r in records])
         return result
 
     def write(self, records: Sequence[ImageRecord]) -> tuple[list[PartRecord], BatchResult]:

@@ -4,9 +4,16 @@ What it records, and why each fact is enough to resume exactly:
 
 * ``runs``: one row per run (a run spans every invocation until it completes), with the
   fingerprint of the job's result-changing settings, so a resume under other settings is refused.
-* ``images``: one row per query file and run: ``pending`` -> ``in_flight`` -> ``fetched`` |
-  ``failed`` -> ``exported``. An image becomes ``exported`` only in the same transaction that
-  registers the Parquet parts holding its rows, so "done" always means "durably in the feed".
+* ``images``: one row per query file and run, moved only by the named transitions of
+  :class:`StateStore`:
+
+  - ``discovered`` -> ``pending`` (``prepared`` then records what the photo's bytes are);
+  - ``in_flight``: a search is about to spend calls; ``requeued``: back to ``pending``;
+  - ``fetched``: the answer is stored in the same commit; ``reused`` and ``reused_unchanged``:
+    ``fetched`` from an answer already stored, with no call;
+  - ``failed``: with a reason, to be published with no offers;
+  - ``exported``: ``fetched`` or ``failed`` -> ``exported`` only in the same transaction that
+    registers the Parquet parts holding its rows, so "done" always means "durably in the feed".
 * ``responses``: every gateway answer, verbatim, keyed by the photo's SHA-256 and the request
   key. Stored before the image is marked fetched, so an answer is never paid for twice, and the
   feed can be re-cleaned later without calls.
@@ -20,23 +27,21 @@ loop's thread; that keeps the ordering of writes obvious.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
 from engine.errors import StorageError
+from engine.lock import OutputLock
 
 STATE_FILE = "state.sqlite"
 STATE_VERSION = 1
 """``PRAGMA user_version`` of the checkpoint database; bumped on any incompatible change."""
-LOCK_FILE = ".lock"
 
 ImageStatus = Literal["pending", "in_flight", "fetched", "failed", "exported"]
 
@@ -122,6 +127,19 @@ class ImageRecord:
 
 
 @dataclass(frozen=True)
+class NewAnswer:
+    """A gateway answer to store: verbatim, keyed by the photo's bytes and the request."""
+
+    sha256: str
+    request_key: str
+    protocol: str
+    raw_body: str
+    searched_at: datetime
+    calls: int
+    """Gated HTTP attempts the search spent."""
+
+
+@dataclass(frozen=True)
 class StoredResponse:
     id: int
     sha256: str
@@ -145,31 +163,17 @@ def utc_now() -> datetime:
 
 
 class StateStore:
-    """The checkpoint database of one output directory, held under an exclusive lock.
+    """The checkpoint database of one output directory, held under an :class:`OutputLock`
+    (a second process on the same output directory is refused with :class:`StorageError`).
 
-    Opening it takes an ``flock`` on ``OUT/.lock``: a second process on the same output
-    directory is refused with :class:`StorageError`. The lock dies with the process, so a
-    kill -9 never leaves the directory locked.
+    Images move only through the named transitions below (``discovered``, ``prepared``,
+    ``in_flight``, ``requeued``, ``fetched``, ``reused``, ``reused_unchanged``, ``failed``,
+    ``exported``); each is one durable transaction.
     """
 
     def __init__(self, out: Path) -> None:
         self.out = out
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            self._lock_fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise StorageError(f"cannot use output directory {out}: {exc.strerror}") from None
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_pid(self._lock_fd)
-            os.close(self._lock_fd)
-            raise StorageError(
-                f"output directory {out} is in use by another img1688 process"
-                f"{f' (pid {holder})' if holder else ''}; wait for it or use another --out"
-            ) from None
-        os.ftruncate(self._lock_fd, 0)
-        os.write(self._lock_fd, str(os.getpid()).encode())
+        self._lock: OutputLock | None = OutputLock(out)
         try:
             self.db = sqlite3.connect(out / STATE_FILE, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -194,12 +198,13 @@ class StateStore:
             )
 
     def close(self) -> None:
+        """Close the database, then release the output directory. Idempotent."""
         if getattr(self, "db", None) is not None:
             self.db.close()
             self.db = None  # type: ignore[assignment]
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)  # releases the flock
-            self._lock_fd = -1
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self) -> StateStore:
         return self
@@ -280,58 +285,122 @@ class StateStore:
         ).fetchone()
         return _image(row) if row else None
 
-    def put_image(self, record: ImageRecord) -> None:
+    def discovered(self, run_id: str, path: str, size: int, mtime_ns: int) -> None:
+        """A file to search in this run: ``pending``, forgetting whatever this run knew of an
+        earlier version of it."""
+        self._put(_new_record(run_id, path, size, mtime_ns))
+
+    def reused_unchanged(
+        self,
+        run_id: str,
+        path: str,
+        size: int,
+        mtime_ns: int,
+        previous: ImageRecord,
+        response_id: int,
+    ) -> None:
+        """A file unchanged since an earlier run: ``fetched`` from a stored answer, with the
+        facts that run learnt about it, and no call."""
+        self._put(
+            replace(
+                _new_record(run_id, path, size, mtime_ns),
+                sha256=previous.sha256,
+                status="fetched",
+                response_id=response_id,
+                reused=True,
+                width=previous.width,
+                height=previous.height,
+                steps=previous.steps,
+            )
+        )
+
+    def prepared(
+        self, run_id: str, path: str, sha256: str, width: int, height: int, steps: Sequence[str]
+    ) -> None:
+        """Preprocessing produced the JPEG to send: remember what the photo is."""
+        self._update(
+            "status = 'pending', sha256 = ?, width = ?, height = ?, steps = ?",
+            [(sha256, width, height, json.dumps(list(steps)), run_id, path)],
+        )
+
+    def reused(self, run_id: str, path: str, response_id: int) -> None:
+        """``fetched`` from a stored answer to the same bytes: no call."""
+        self._update(
+            "status = 'fetched', response_id = ?, reused = 1, calls = 0",
+            [(response_id, run_id, path)],
+        )
+
+    def in_flight(self, run_id: str, paths: Iterable[str]) -> None:
+        """A search for these photos is about to spend calls."""
+        self._update("status = 'in_flight'", [(run_id, p) for p in paths])
+
+    def requeued(self, run_id: str, paths: Iterable[str]) -> None:
+        """Back to ``pending``: their search was not made (the run is stopping)."""
+        self._update("status = 'pending'", [(run_id, p) for p in paths])
+
+    def failed(
+        self,
+        run_id: str,
+        paths: Iterable[str],
+        reason: str,
+        message: str,
+        *,
+        attempts: int | None = None,
+        sha256: str | None = None,
+    ) -> None:
+        """These photos failed for ``reason``: they go to the feed with no offers.
+        ``attempts`` (calls tried per photo) and ``sha256`` (for a photo that was read but
+        could not be prepared) are recorded when given."""
+        self._update(
+            "status = 'failed', reason = ?, message = ?, attempts = coalesce(?, attempts),"
+            " sha256 = coalesce(?, sha256)",
+            [(reason, message, attempts, sha256, run_id, p) for p in paths],
+        )
+
+    def fetched(self, run_id: str, paths: Sequence[str], answer: NewAnswer, run_calls: int) -> int:
+        """Store a gateway answer and mark every photo it answers ``fetched``, atomically;
+        returns the answer's id.
+
+        The answer's calls are booked on the first path (the others rode along for free);
+        ``run_calls``, the calls the run has spent so far, is recorded in the same commit.
+        """
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET calls = ? WHERE run_id = ?", (run_calls, run_id))
+            cursor = db.execute(
+                "INSERT INTO responses (sha256, request_key, protocol, raw_body, searched_at,"
+                " calls) VALUES (?,?,?,?,?,?)",
+                (
+                    answer.sha256,
+                    answer.request_key,
+                    answer.protocol,
+                    answer.raw_body,
+                    answer.searched_at.isoformat(),
+                    answer.calls,
+                ),
+            )
+            response_id = int(cursor.lastrowid or 0)
+            db.executemany(
+                "UPDATE images SET status = 'fetched', response_id = ?, calls = ?,"
+                " attempts = attempts + 1 WHERE run_id = ? AND path = ?",
+                [
+                    (response_id, answer.calls if i == 0 else 0, run_id, path)
+                    for i, path in enumerate(paths)
+                ],
+            )
+        return response_id
+
+    def _put(self, record: ImageRecord) -> None:
         with self.transaction() as db:
             db.execute(
                 f"INSERT OR REPLACE INTO images ({_IMAGE_COLUMNS}) VALUES ({_IMAGE_PLACEHOLDERS})",
                 _image_values(record),
             )
 
-    def set_status(
-        self,
-        run_id: str,
-        path: str,
-        status: ImageStatus,
-        **fields: object,
-    ) -> None:
-        assignments = ", ".join(f"{name} = ?" for name in ("status", *fields))
+    def _update(self, assignments: str, rows: list[tuple[object, ...]]) -> None:
+        """``UPDATE images SET assignments`` for each row of values, which end with the
+        image's ``(run_id, path)``; one transaction."""
         with self.transaction() as db:
-            db.execute(
-                f"UPDATE images SET {assignments} WHERE run_id = ? AND path = ?",
-                (status, *fields.values(), run_id, path),
-            )
-
-    def store_response(
-        self,
-        sha256: str,
-        request_key: str,
-        protocol: str,
-        raw_body: str,
-        searched_at: datetime,
-        calls: int,
-        fetched: Iterable[tuple[str, str, int]],
-        run_calls: tuple[str, int] | None = None,
-    ) -> int:
-        """Store an answer and mark the images it answers ``fetched``, atomically.
-
-        ``fetched`` holds ``(run_id, path, calls)`` for every image with these bytes;
-        ``run_calls`` is ``(run_id, calls spent so far)``, recorded in the same commit.
-        """
-        with self.transaction() as db:
-            if run_calls is not None:
-                db.execute("UPDATE runs SET calls = ? WHERE run_id = ?", run_calls[::-1])
-            cursor = db.execute(
-                "INSERT INTO responses (sha256, request_key, protocol, raw_body, searched_at,"
-                " calls) VALUES (?,?,?,?,?,?)",
-                (sha256, request_key, protocol, raw_body, searched_at.isoformat(), calls),
-            )
-            response_id = int(cursor.lastrowid or 0)
-            db.executemany(
-                "UPDATE images SET status = 'fetched', response_id = ?, calls = ?,"
-                " attempts = attempts + 1 WHERE run_id = ? AND path = ?",
-                [(response_id, image_calls, run_id, path) for run_id, path, image_calls in fetched],
-            )
-        return response_id
+            db.executemany(f"UPDATE images SET {assignments} WHERE run_id = ? AND path = ?", rows)
 
     def fresh_response(
         self, sha256: str, request_key: str, since: datetime
@@ -393,15 +462,15 @@ class StateStore:
 
     # -- parts ----------------------------------------------------------------------------
 
-    def commit_parts(
+    def exported(
         self,
         parts: list[PartRecord],
         exported: list[tuple[str, str]],
         *,
         replacing: Sequence[PartRecord] = (),
     ) -> None:
-        """Register new Parquet parts, mark their images exported and unregister the parts
-        they replace, in one transaction."""
+        """Register new Parquet parts, mark their images (``(run_id, path)`` pairs) exported
+        and unregister the parts they replace, in one transaction."""
         now = utc_now().isoformat()
         image_part = next((p.name for p in parts if p.kind == "images"), None)
         with self.transaction() as db:
@@ -456,6 +525,27 @@ _IMAGE_COLUMNS = ", ".join(_IMAGE_FIELDS)
 _IMAGE_PLACEHOLDERS = ",".join("?" * len(_IMAGE_FIELDS))
 
 
+def _new_record(run_id: str, path: str, size: int, mtime_ns: int) -> ImageRecord:
+    return ImageRecord(
+        run_id=run_id,
+        path=path,
+        size=size,
+        mtime_ns=mtime_ns,
+        sha256=None,
+        status="pending",
+        reason=None,
+        message=None,
+        attempts=0,
+        response_id=None,
+        reused=False,
+        calls=0,
+        width=None,
+        height=None,
+        steps=(),
+        part=None,
+    )
+
+
 def _image(row: tuple[object, ...]) -> ImageRecord:
     values = dict(zip(_IMAGE_FIELDS, row, strict=True))
     values["reused"] = bool(values["reused"])
@@ -480,13 +570,6 @@ def _response(row: tuple[object, ...]) -> StoredResponse:
         datetime.fromisoformat(str(searched_at)),
         int(calls),  # type: ignore[arg-type]
     )
-
-
-def _read_pid(fd: int) -> str:
-    try:
-        return os.pread(fd, 32, 0).decode().strip()
-    except OSError:
-        return ""
 
 
 def _status_counts(db: sqlite3.Connection, run_id: str) -> dict[str, int]:

@@ -17,11 +17,12 @@ from engine.commands.reclean import reclean
 from engine.credentials import Credentials
 from engine.feed import Feed
 from engine.jobfile import Job, parse_job
+from engine.outcome import ExitCode
 from engine.ratelimit import Rate
-from engine.runner import ExitCode, run_job
+from engine.runner import run_job
 from engine.sandbox import Faults, Sandbox, SandboxConfig
 from engine.state import StateStore
-from tests.conftest import SAMPLES
+from tests.paths import SAMPLES
 
 FAST = Rate(1000, 1.0)
 
@@ -460,7 +461,7 @@ async def test_a_reclean_that_dies_before_its_commit_leaves_the_feed_as_it_was(
         raise KeyboardInterrupt  # as if the process died between writing parts and committing
 
     with monkeypatch.context() as patched:
-        patched.setattr(StateStore, "commit_parts", killed)
+        patched.setattr(StateStore, "exported", killed)
         with pytest.raises(KeyboardInterrupt):
             reclean(out, replace(job.filters, freight="free"))
     with StateStore(out) as state:

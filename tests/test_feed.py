@@ -12,7 +12,6 @@ import pytest
 
 from engine.errors import StorageError
 from engine.feed import Feed
-from engine.state import StateStore
 
 
 def table(n: int) -> pa.Table:
@@ -70,17 +69,3 @@ def test_a_full_disk_is_a_storage_error(tmp_path: Path) -> None:
     target.symlink_to("/dev/full")
     with pytest.raises(StorageError, match="cannot write"):
         feed.write_part("matches", "r", "2026-11-28", 1, table(10_000))
-
-
-def test_a_second_store_on_the_same_directory_is_refused(tmp_path: Path) -> None:
-    with StateStore(tmp_path), pytest.raises(StorageError, match="in use by another img1688"):
-        StateStore(tmp_path)
-    StateStore(tmp_path).close()  # released with the first
-
-
-def test_a_state_database_of_another_version_is_refused_clearly(tmp_path: Path) -> None:
-    with StateStore(tmp_path) as state:
-        state.db.execute("PRAGMA user_version = 99")
-    with pytest.raises(StorageError, match="another version of img1688"):
-        StateStore(tmp_path)
-    StateStore(tmp_path / "new").close()  # a fresh directory is fine

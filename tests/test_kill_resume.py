@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 
+from engine.outcome import ExitCode
 from engine.ratelimit import Rate
-from engine.runner import ExitCode
 from engine.sandbox import Sandbox, SandboxConfig
 from engine.state import snapshot
-from tests.conftest import REPO
+from tests.paths import REPO
 
 SEARCHES = 3
 

@@ -72,7 +72,7 @@ def reclean(out: Path, filters: WholesaleFilters | None = None) -> dict[str, obj
             parts, batch = exporter.write(records[start : start + BATCH])
             new_parts.extend(parts)
             rows += batch.match_rows
-        state.commit_parts(new_parts, [(run.run_id, r.path) for r in records], replacing=old_parts)
+        state.exported(new_parts, [(run.run_id, r.path) for r in records], replacing=old_parts)
         feed.delete_parts(old_parts)
         # Later re-cleans and resumes see the filters the feed now reflects.
         fingerprint["filters"] = filters.fingerprint()

@@ -14,8 +14,9 @@ import pyarrow.dataset as ds
 
 from engine.errors import ConfigError
 from engine.jobfile import Job, load_job
+from engine.outcome import ExitCode, RunOutcome
 from engine.ratelimit import Rate
-from engine.runner import ExitCode, RunOutcome, run_job
+from engine.runner import run_job
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

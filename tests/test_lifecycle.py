@@ -1,0 +1,109 @@
+"""Opening a run resumes, refuses or starts; completing one publishes it last."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from engine.errors import ConfigError
+from engine.feed import MANIFEST_FILE, SUCCESS_FILE, Feed
+from engine.jobfile import Job, parse_job
+from engine.lifecycle import complete_run, new_run_id, open_run
+from engine.state import StateStore
+
+
+def job_for(out: Path, **filters: object) -> Job:
+    data: dict[str, dict[str, object]] = {
+        "inputs": {"paths": [str(out.parent)]},
+        "output": {"dir": str(out)},
+        "gateway": {"endpoint": "sandbox"},
+    }
+    if filters:
+        data["filters"] = filters
+    return parse_job(data, base=out.parent)
+
+
+@pytest.fixture
+def feed(state: StateStore) -> Feed:
+    return Feed(state.out)
+
+
+def test_run_ids_sort_by_start_and_do_not_collide() -> None:
+    ids = {new_run_id() for _ in range(50)}
+    assert len(ids) == 50
+    assert all(re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{6}", i) for i in ids)
+
+
+def test_a_new_run_makes_the_feed_incomplete_until_it_completes(
+    state: StateStore, feed: Feed
+) -> None:
+    feed.mark_complete({"run_id": "earlier"})
+    run = open_run(state, feed, job_for(state.out), fresh=False)
+    assert not (state.out / SUCCESS_FILE).exists()
+    assert run.completed_at is None
+    assert state.latest_run() == run
+
+
+def test_an_unfinished_run_is_resumed_with_its_lost_calls_requeued(
+    state: StateStore, feed: Feed
+) -> None:
+    job = job_for(state.out)
+    first = open_run(state, feed, job, fresh=False)
+    state.discovered(first.run_id, "a.jpg", 1, 1)
+    state.in_flight(first.run_id, ["a.jpg"])
+    again = open_run(state, feed, job, fresh=False)
+    assert again.run_id == first.run_id
+    record = state.image(first.run_id, "a.jpg")
+    assert record is not None and record.status == "pending"
+
+
+def test_resuming_under_other_filters_is_refused_and_fresh_starts_over(
+    state: StateStore, feed: Feed
+) -> None:
+    first = open_run(state, feed, job_for(state.out), fresh=False)
+    other = job_for(state.out, freight="free")
+    with pytest.raises(ConfigError, match="unfinished run made with other settings"):
+        open_run(state, feed, other, fresh=False)
+    second = open_run(state, feed, other, fresh=True)
+    assert second.run_id != first.run_id
+    assert state.latest_run() == second
+
+
+def test_opening_removes_parts_that_were_never_registered(state: StateStore, feed: Feed) -> None:
+    kept = feed.write_part("images", "r0", "2026-12-01", 1, pa.table({"x": [1]}))
+    state.exported([kept], [])
+    orphan = feed.write_part("images", "r0", "2026-12-01", 2, pa.table({"x": [2]}))
+    open_run(state, feed, job_for(state.out), fresh=False)
+    assert feed.part_path("images", kept.run_date, kept.name).exists()
+    assert not feed.part_path("images", orphan.run_date, orphan.name).exists()
+
+
+def test_completing_replaces_an_earlier_run_of_the_same_day_and_publishes_last(
+    state: StateStore, feed: Feed
+) -> None:
+    table = pa.table({"x": [1]})
+    earlier = feed.write_part("images", "r-earlier", "2026-12-02", 1, table)
+    yesterday = feed.write_part("images", "r-yesterday", "2026-12-01", 1, table)
+    state.exported([earlier, yesterday], [])
+    run = state.start_run("r-now", "2026-12-02", "{}")
+    mine = feed.write_part("images", run.run_id, run.run_date, 1, table)
+    state.exported([mine], [])
+    seen: dict[str, object] = {}
+
+    def manifest() -> dict[str, object]:
+        # Built once the files are final, and before the markers are written.
+        seen["parts"] = sorted(p.name for p in state.parts())
+        seen["success_before"] = (state.out / SUCCESS_FILE).exists()
+        return {"run_id": run.run_id}
+
+    complete_run(state, feed, run, manifest)
+
+    assert seen == {"parts": sorted([yesterday.name, mine.name]), "success_before": False}
+    assert not feed.part_path("images", earlier.run_date, earlier.name).exists()
+    assert (state.out / SUCCESS_FILE).exists()
+    assert (state.out / MANIFEST_FILE).exists()
+    latest = state.latest_run()
+    assert latest is not None and latest.completed_at is not None

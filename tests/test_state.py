@@ -1,0 +1,202 @@
+"""The checkpoint store: each named transition writes exactly its facts, atomically, to one run."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from engine.errors import StorageError
+from engine.state import NewAnswer, PartRecord, StateStore
+
+RUN = "20261202T000000Z-aaaaaa"
+OTHER = "20261201T000000Z-bbbbbb"
+WHEN = datetime(2026, 12, 2, 8, 0, tzinfo=UTC)
+
+
+def answer(sha256: str = "s1", calls: int = 2, when: datetime = WHEN) -> NewAnswer:
+    return NewAnswer(sha256, '{"page_size":20}', "ocean", '{"result":{}}', when, calls)
+
+
+@pytest.fixture
+def store(state: StateStore) -> StateStore:
+    state.start_run(OTHER, "2026-12-01", "{}")
+    state.start_run(RUN, "2026-12-02", "{}")
+    for run_id in (RUN, OTHER):
+        for path in ("a.jpg", "b.jpg", "c.jpg"):
+            state.discovered(run_id, path, 100, 7)
+    return state
+
+
+def status(state: StateStore, path: str, run_id: str = RUN) -> str:
+    record = state.image(run_id, path)
+    assert record is not None
+    return record.status
+
+
+def test_discovered_is_pending_and_forgets_an_earlier_version_in_this_run(
+    store: StateStore,
+) -> None:
+    store.failed(RUN, ["a.jpg"], "truncated", "cut short", sha256="old")
+    store.discovered(RUN, "a.jpg", 200, 9)
+    record = store.image(RUN, "a.jpg")
+    assert record is not None
+    assert (record.status, record.size, record.mtime_ns) == ("pending", 200, 9)
+    assert (record.sha256, record.reason, record.message) == (None, None, None)
+
+
+def test_prepared_records_the_photo_and_stays_pending(store: StateStore) -> None:
+    store.prepared(RUN, "a.jpg", "s1", 640, 480, ("exif_transpose", "resize 800"))
+    record = store.image(RUN, "a.jpg")
+    assert record is not None
+    assert record.status == "pending"
+    assert (record.sha256, record.width, record.height) == ("s1", 640, 480)
+    assert record.steps == ("exif_transpose", "resize 800")
+
+
+def test_in_flight_and_requeued_move_only_the_named_photos_of_the_named_run(
+    store: StateStore,
+) -> None:
+    store.in_flight(RUN, ["a.jpg", "b.jpg"])
+    assert [status(store, p) for p in ("a.jpg", "b.jpg", "c.jpg")] == [
+        "in_flight",
+        "in_flight",
+        "pending",
+    ]
+    assert status(store, "a.jpg", OTHER) == "pending"
+    store.requeued(RUN, ["b.jpg"])
+    assert [status(store, p) for p in ("a.jpg", "b.jpg")] == ["in_flight", "pending"]
+
+
+def test_fetched_stores_the_answer_books_calls_once_and_the_run_total_in_one_commit(
+    store: StateStore,
+) -> None:
+    store.in_flight(RUN, ["a.jpg", "b.jpg"])
+    response_id = store.fetched(RUN, ["a.jpg", "b.jpg"], answer(calls=3), run_calls=17)
+    a, b = store.image(RUN, "a.jpg"), store.image(RUN, "b.jpg")
+    assert a is not None and b is not None
+    assert (a.status, a.response_id, a.calls, a.attempts) == ("fetched", response_id, 3, 1)
+    assert (b.status, b.response_id, b.calls) == ("fetched", response_id, 0)  # rode along
+    assert store.calls_spent(RUN) == 17
+    assert store.calls_spent(OTHER) == 0
+    stored = store.response(response_id)
+    assert (stored.sha256, stored.raw_body, stored.calls, stored.searched_at) == (
+        "s1",
+        '{"result":{}}',
+        3,
+        WHEN,
+    )
+
+
+def test_fresh_response_honours_the_request_key_and_the_horizon(store: StateStore) -> None:
+    old = store.fetched(RUN, ["a.jpg"], answer(when=WHEN - timedelta(days=9)), 2)
+    new = store.fetched(RUN, ["b.jpg"], answer(when=WHEN - timedelta(days=1)), 4)
+    found = store.fresh_response("s1", '{"page_size":20}', WHEN - timedelta(days=30))
+    assert found is not None and found.id == new  # the newest wins
+    assert store.fresh_response("s1", '{"page_size":20}', WHEN) is None  # all too old
+    assert store.fresh_response("s1", '{"page_size":50}', WHEN - timedelta(days=30)) is None
+    assert store.fresh_response("s2", '{"page_size":20}', WHEN - timedelta(days=30)) is None
+    assert old != new
+
+
+def test_reused_is_fetched_with_no_call(store: StateStore) -> None:
+    response_id = store.fetched(RUN, ["a.jpg"], answer(), 2)
+    store.reused(RUN, "b.jpg", response_id)
+    record = store.image(RUN, "b.jpg")
+    assert record is not None
+    assert (record.status, record.response_id, record.reused, record.calls) == (
+        "fetched",
+        response_id,
+        True,
+        0,
+    )
+
+
+def test_reused_unchanged_carries_the_earlier_runs_facts(store: StateStore) -> None:
+    store.prepared(OTHER, "a.jpg", "s1", 640, 480, ("resize 800",))
+    response_id = store.fetched(OTHER, ["a.jpg"], answer(), 2)
+    previous = store.previous_image(RUN, "a.jpg", 100, 7)
+    assert previous is not None and previous.run_id == OTHER
+    assert store.previous_image(RUN, "a.jpg", 100, 8) is None  # mtime changed: not the same
+
+    store.reused_unchanged(RUN, "a.jpg", 100, 7, previous, response_id)
+    record = store.image(RUN, "a.jpg")
+    assert record is not None
+    assert (record.status, record.sha256, record.reused, record.calls) == (
+        "fetched",
+        "s1",
+        True,
+        0,
+    )
+    assert (record.width, record.height, record.steps) == (640, 480, ("resize 800",))
+
+
+def test_failed_keeps_attempts_and_sha256_unless_given(store: StateStore) -> None:
+    store.prepared(RUN, "a.jpg", "s1", 1, 1, ())
+    store.failed(RUN, ["a.jpg"], "retries_exhausted", "gave up after 5 attempts", attempts=5)
+    store.failed(RUN, ["b.jpg"], "not_an_image", "text file", sha256="s2")
+    a, b = store.image(RUN, "a.jpg"), store.image(RUN, "b.jpg")
+    assert a is not None and b is not None
+    assert (a.status, a.reason, a.attempts, a.sha256) == ("failed", "retries_exhausted", 5, "s1")
+    assert (b.reason, b.message, b.attempts, b.sha256) == ("not_an_image", "text file", 0, "s2")
+
+
+def test_reset_in_flight_requeues_lost_calls_and_outage_failures_only(store: StateStore) -> None:
+    store.in_flight(RUN, ["a.jpg"])
+    store.failed(RUN, ["b.jpg"], "retries_exhausted", "down", attempts=5)
+    store.failed(RUN, ["c.jpg"], "not_an_image", "text")
+    assert store.reset_in_flight(RUN) == 2
+    assert [status(store, p) for p in ("a.jpg", "b.jpg", "c.jpg")] == [
+        "pending",
+        "pending",
+        "failed",
+    ]
+    b = store.image(RUN, "b.jpg")
+    assert b is not None and b.reason is None
+
+
+def part(name: str, kind: str = "images", run_id: str = RUN) -> PartRecord:
+    return PartRecord(name=name, run_id=run_id, kind=kind, run_date="2026-12-02", rows=3)
+
+
+def test_exported_registers_parts_marks_images_and_unregisters_replaced_parts(
+    store: StateStore,
+) -> None:
+    old = [part("part-old-000001.parquet")]
+    store.exported(old, [(RUN, "a.jpg")])
+    new = [part("part-new-000001.parquet", "matches"), part("part-new-000001.parquet")]
+    store.exported(new, [(RUN, "a.jpg"), (RUN, "b.jpg")], replacing=old)
+    assert sorted((p.kind, p.name) for p in store.parts()) == [
+        ("images", "part-new-000001.parquet"),
+        ("matches", "part-new-000001.parquet"),
+    ]
+    a = store.image(RUN, "a.jpg")
+    assert a is not None and (a.status, a.part) == ("exported", "part-new-000001.parquet")
+    assert status(store, "c.jpg") == "pending"
+
+
+def test_a_failed_transition_changes_nothing(store: StateStore) -> None:
+    store.exported([part("part-1.parquet")], [(RUN, "a.jpg")])
+    with pytest.raises(StorageError, match="checkpoint database write failed"):
+        # The same part registered twice violates the key: the whole commit rolls back.
+        store.exported([part("part-2.parquet"), part("part-1.parquet")], [(RUN, "b.jpg")])
+    assert status(store, "b.jpg") == "pending"
+    assert [p.name for p in store.parts()] == ["part-1.parquet"]
+
+
+def test_forget_unfinished_drops_only_pending_and_in_flight(store: StateStore) -> None:
+    store.in_flight(RUN, ["a.jpg"])
+    store.failed(RUN, ["b.jpg"], "truncated", "cut")
+    assert store.forget_unfinished(RUN) == 2  # a (in flight) and c (pending)
+    assert store.image(RUN, "a.jpg") is None
+    assert store.image(RUN, "b.jpg") is not None
+    assert store.image(OTHER, "a.jpg") is not None
+
+
+def test_a_state_database_of_another_version_is_refused_clearly(tmp_path: Path) -> None:
+    with StateStore(tmp_path) as state:
+        state.db.execute("PRAGMA user_version = 99")
+    with pytest.raises(StorageError, match="another version of img1688"):
+        StateStore(tmp_path)
+    StateStore(tmp_path / "new").close()  # a fresh directory is fine
