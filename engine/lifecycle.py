@@ -4,6 +4,10 @@ A *run* spans every invocation until all its images are in the feed. Opening one
 the part files a crash left unregistered; it resumes the latest unfinished run when the job's
 result-changing settings (its fingerprint) match, refuses when they do not, and otherwise starts
 a new run, whose feed is incomplete (no ``_SUCCESS``) until it completes.
+
+Each shard of a sharded job (:mod:`engine.shard`) has runs of its own, in its own checkpoint
+database; everything here touches only that shard's files (its parts, its markers) and the
+dataset's ``_SUCCESS``, never another shard's parts.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from collections.abc import Callable
 from engine.errors import ConfigError
 from engine.feed import Feed
 from engine.jobfile import Job
-from engine.state import Run, StateStore, utc_now
+from engine.state import Run, StateStore, checkpoint_shards, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +34,12 @@ def open_run(state: StateStore, feed: Feed, job: Job, *, fresh: bool) -> Run:
     """Resume the unfinished run, or start a new one.
 
     Raises:
-        ConfigError: the unfinished run was made with other result-changing settings.
+        ConfigError: the unfinished run was made with other result-changing settings, or the
+            output directory holds checkpoints of another split into shards.
     """
+    if feed.shard != state.shard:
+        raise ValueError(f"feed of shard {feed.shard} with the checkpoints of shard {state.shard}")
+    _check_layout(state)
     fingerprint = json.dumps(job.fingerprint(), sort_keys=True)
     if fresh:
         state.forget_runs()
@@ -58,12 +66,30 @@ def open_run(state: StateStore, feed: Feed, job: Job, *, fresh: bool) -> Run:
     return state.start_run(new_run_id(), f"{utc_now():%Y-%m-%d}", fingerprint)
 
 
+def _check_layout(state: StateStore) -> None:
+    """Refuse a directory holding checkpoints of another shard count: their parts would be
+    invisible to this layout's same-day supersede and clean-ups, and doubled in the feed."""
+    others = sorted({s.count for s in checkpoint_shards(state.out)} - {state.shard.count})
+    if others:
+        found = ", ".join(
+            "state.sqlite" if n == 1 else f"state-shard-*-of-{n}.sqlite" for n in others
+        )
+        wanted = "without --shard" if others[0] == 1 else f"with --shard I/{others[0]}"
+        raise ConfigError(
+            f"{state.out} holds the checkpoints of another split into shards ({found}); every"
+            f" process on one output directory must split the job the same way: run {wanted},"
+            " or give another --out"
+        )
+
+
 def complete_run(
     state: StateStore, feed: Feed, run: Run, manifest: Callable[[], dict[str, object]]
 ) -> None:
     """Publish a run whose every image is exported: ``manifest.json`` (built by ``manifest``
-    once the files of the dataset are final), then ``_SUCCESS``."""
+    once the files of the dataset are final), then ``_SUCCESS`` (a shard's own, then the
+    dataset's once every shard of the run date is complete)."""
     # A later run on the same day replaces an earlier one's partition instead of doubling it.
+    # The checkpoints list only this shard's parts, so another shard's are never superseded.
     superseded = [p for p in state.parts() if p.run_date == run.run_date and p.run_id != run.run_id]
     if superseded:
         state.drop_parts(superseded)

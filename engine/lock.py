@@ -3,41 +3,46 @@
 Two processes appending to one feed and one checkpoint database would each believe it owns the
 run. The lock is an ``flock`` on ``OUT/.lock``, which the kernel releases when the process dies,
 so a kill -9 never leaves a directory locked; the holder's pid is written into the file only to
-name it in the refusal.
+name it in the refusal. Each shard of a sharded job (:mod:`engine.shard`) locks only its own
+part of the directory, ``OUT/.lock-shard-I-of-N``, so the N shards run at once; moments that
+touch every shard's files (publishing the dataset's ``_SUCCESS``) take :func:`dataset_lock`.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from engine.errors import StorageError
+from engine.shard import UNSHARDED, Shard
 
 LOCK_FILE = ".lock"
+DATASET_LOCK_FILE = ".lock-dataset"
 
 
 class OutputLock:
-    """An exclusive lock on one output directory, taken at construction (created if missing).
+    """An exclusive lock on one output directory (or on one shard's part of it), taken at
+    construction (the directory is created if missing).
 
     Raises:
         StorageError: the directory cannot be created or opened, or another process holds it.
     """
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, shard: Shard = UNSHARDED) -> None:
         self.out = out
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise StorageError(f"cannot use output directory {out}: {exc.strerror}") from None
+        self.shard = shard
+        fd = _open_lock_file(out, shard.file_name(LOCK_FILE))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _read_pid(fd)
             os.close(fd)
+            whose = f"shard {shard} of output directory" if shard.sharded else "output directory"
             raise StorageError(
-                f"output directory {out} is in use by another img1688 process"
+                f"{whose} {out} is in use by another img1688 process"
                 f"{f' (pid {holder})' if holder else ''}; wait for it or use another --out"
             ) from None
         os.ftruncate(fd, 0)
@@ -53,6 +58,31 @@ class OutputLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+@contextmanager
+def dataset_lock(out: Path) -> Iterator[None]:
+    """Hold ``OUT/.lock-dataset`` (waiting for it) while checking or changing files every shard
+    shares, so that two shards finishing at once cannot both miss, or both half-write, the
+    dataset's ``_SUCCESS``. Held for a few file operations only.
+
+    Raises:
+        StorageError: the directory cannot be created or the lock file opened.
+    """
+    fd = _open_lock_file(out, DATASET_LOCK_FILE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _open_lock_file(out: Path, name: str) -> int:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return os.open(out / name, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StorageError(f"cannot use output directory {out}: {exc.strerror}") from None
 
 
 def _read_pid(fd: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,7 +13,8 @@ from engine.errors import ConfigError
 from engine.feed import MANIFEST_FILE, SUCCESS_FILE, Feed
 from engine.jobfile import Job, parse_job
 from engine.lifecycle import complete_run, new_run_id, open_run
-from engine.state import StateStore
+from engine.shard import Shard
+from engine.state import PartRecord, StateStore, utc_now
 
 
 def job_for(out: Path, **filters: object) -> Job:
@@ -107,3 +109,96 @@ def test_completing_replaces_an_earlier_run_of_the_same_day_and_publishes_last(
     assert (state.out / MANIFEST_FILE).exists()
     latest = state.latest_run()
     assert latest is not None and latest.completed_at is not None
+
+
+@pytest.fixture
+def shards(tmp_path: Path) -> Iterator[tuple[StateStore, StateStore]]:
+    """Shards 0/2 and 1/2 of one output directory, open at once as two processes would be."""
+    out = tmp_path / "out"
+    with StateStore(out, Shard(0, 2)) as first, StateStore(out, Shard(1, 2)) as second:
+        yield first, second
+
+
+def shard_feed(state: StateStore) -> Feed:
+    return Feed(state.out, shard=state.shard)
+
+
+def finish(state: StateStore, run_id: str, seqs: range) -> list[PartRecord]:
+    """A completed run of ``state``'s shard today, with registered parts ``seqs``."""
+    feed = shard_feed(state)
+    run = state.start_run(run_id, f"{utc_now():%Y-%m-%d}", "{}")
+    parts = [
+        feed.write_part(k, run_id, run.run_date, n, pa.table({"x": [n]}))
+        for n in seqs
+        for k in ("matches", "images")
+    ]
+    state.exported(parts, [])
+    complete_run(state, feed, run, lambda: {"run_id": run_id, "run_date": run.run_date})
+    return parts
+
+
+def test_shard_0_starting_resuming_completing_or_fresh_never_deletes_shard_1s_parts(
+    shards: tuple[StateStore, StateStore],
+) -> None:
+    first, second = shards
+    # Shard 1 finished a run today: the same run date shard 0's runs get, the supersede's case.
+    theirs = finish(second, "r-shard-1", range(1, 3))
+    feed, job = shard_feed(first), job_for(first.out)
+
+    def intact() -> bool:
+        return all(feed.part_path(p.kind, p.run_date, p.name).exists() for p in theirs)
+
+    run = open_run(first, feed, job, fresh=False)
+    assert intact()
+    feed.write_part("images", run.run_id, run.run_date, 9, pa.table({"x": [9]}))  # an orphan
+    assert open_run(first, feed, job, fresh=False) == run  # resumes, removing the orphan
+    assert intact() and not list(first.out.rglob(f"part-{run.run_id}-*"))
+    mine = feed.write_part("images", run.run_id, run.run_date, 1, pa.table({"x": [1]}))
+    first.exported([mine], [])
+    complete_run(first, feed, run, lambda: {"run_id": run.run_id, "run_date": run.run_date})
+    finish(first, "r-shard-0-again", range(1, 2))  # supersedes shard 0's earlier run of today
+    assert intact() and not feed.part_path("images", run.run_date, mine.name).exists()
+    assert (first.out / SUCCESS_FILE).exists()
+    open_run(first, feed, job, fresh=True)
+    assert intact()
+    assert not list(first.out.rglob("*-s0of2-*"))
+    assert (first.out / "_SUCCESS-shard-1-of-2").exists()
+    assert not (first.out / SUCCESS_FILE).exists()  # the dataset is changing
+
+
+def test_a_shard_starting_a_new_run_takes_the_datasets_success_down(
+    shards: tuple[StateStore, StateStore],
+) -> None:
+    first, second = shards
+    finish(first, "r0", range(1, 2))
+    assert not (first.out / SUCCESS_FILE).exists()  # shard 1 has not completed yet
+    finish(second, "r1", range(1, 2))
+    assert (first.out / SUCCESS_FILE).exists()
+    assert (first.out / MANIFEST_FILE).exists()
+
+    open_run(second, shard_feed(second), job_for(second.out), fresh=False)
+
+    assert not (first.out / SUCCESS_FILE).exists()
+    assert not (first.out / "_SUCCESS-shard-1-of-2").exists()
+    assert (first.out / "_SUCCESS-shard-0-of-2").exists()
+
+
+@pytest.mark.parametrize(
+    ("existing", "shard", "found"),
+    [
+        (Shard(0, 1), Shard(0, 2), "state.sqlite"),
+        (Shard(1, 3), Shard(0, 2), "state-shard-*-of-3.sqlite"),
+        (Shard(0, 2), Shard(0, 1), "state-shard-*-of-2.sqlite"),
+    ],
+)
+def test_an_output_directory_split_another_way_is_refused(
+    tmp_path: Path, existing: Shard, shard: Shard, found: str
+) -> None:
+    out = tmp_path / "out"
+    StateStore(out, existing).close()
+    with StateStore(out, shard) as state:
+        state.start_run("r-unfinished", "2026-12-01", "{}")
+        with pytest.raises(ConfigError) as refused:
+            open_run(state, Feed(out, shard=shard), job_for(out), fresh=True)
+        assert found in str(refused.value) and "another --out" in str(refused.value)
+        assert state.latest_run() is not None  # refused before --fresh forgot anything

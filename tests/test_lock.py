@@ -10,6 +10,7 @@ import pytest
 
 from engine.errors import StorageError
 from engine.lock import LOCK_FILE, OutputLock
+from engine.shard import Shard
 from engine.state import StateStore
 
 HOLD = """
@@ -62,3 +63,14 @@ def test_the_state_store_holds_the_lock_until_closed(tmp_path: Path) -> None:
     with StateStore(tmp_path), pytest.raises(StorageError, match="in use by another img1688"):
         StateStore(tmp_path)
     StateStore(tmp_path).close()  # released with the first
+
+
+def test_each_shard_locks_only_its_own_part_of_the_directory(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first, second = OutputLock(out, Shard(0, 2)), OutputLock(out, Shard(1, 2))
+    with pytest.raises(StorageError, match=r"shard 0/2 of output directory .* in use by another"):
+        OutputLock(out, Shard(0, 2))
+    assert (out / ".lock-shard-0-of-2").exists() and (out / ".lock-shard-1-of-2").exists()
+    first.release()
+    second.release()
+    OutputLock(out, Shard(0, 2)).release()

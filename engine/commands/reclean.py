@@ -1,23 +1,45 @@
-"""``img1688 reclean OUT``: rebuild a finished run's feed from the stored answers, no calls."""
+"""``img1688 reclean OUT``: rebuild a finished run's feed from the stored answers, no calls.
+
+A sharded job's output directory is re-cleaned whole: every shard's latest finished run, each
+from its own checkpoint database.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from engine.clean import WholesaleFilters
 from engine.errors import ConfigError, StorageError
-from engine.export import Exporter
 from engine.feed import Feed, manifest_files
-from engine.jobfile import load_job
-from engine.state import PartRecord, StateStore
+from engine.shard import UNSHARDED
+from engine.state import PartRecord, Run, StateStore, checkpoint_shards
+
+# The job file, the cleaning rules and the exporter (pyarrow) are imported where they are used:
+# other commands build this parser without loading them.
+if TYPE_CHECKING:
+    from engine.clean import WholesaleFilters
 
 BATCH = 500
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+@dataclass(frozen=True)
+class Recleaned:
+    """What re-cleaning one run wrote."""
+
+    run_id: str
+    images: int
+    match_rows: int
+
+    def to_json(self) -> dict[str, object]:
+        return {"run_id": self.run_id, "images": self.images, "match_rows": self.match_rows}
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "reclean",
         help="rebuild the feed from stored answers with today's cleaning rules (no calls)",
@@ -34,6 +56,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
+    from engine.jobfile import load_job
+
     try:
         summary = reclean(args.out, load_job(args.job).filters if args.job else None)
     except ConfigError as exc:
@@ -47,42 +71,77 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def reclean(out: Path, filters: WholesaleFilters | None = None) -> dict[str, object]:
-    """Rebuild the latest finished run's parts; returns what was written."""
-    if not (out / "state.sqlite").exists():
+    """Rebuild the parts of the latest finished run of every shard in ``out`` (of the one run
+    when unsharded), with ``filters`` or each run's own; returns what was written.
+
+    Raises:
+        ConfigError: ``out`` holds no job state, or a shard has no finished run.
+        StorageError: a shard is in use by a running process, or a write failed.
+    """
+    shards = checkpoint_shards(out)
+    if not shards:
         raise ConfigError(f"{out} holds no job state (never run there?)")
-    with StateStore(out) as state:
-        manifest = Feed(out).read_manifest() or {}
-        feed = Feed(out, int(manifest.get("zstd_level", 6)))  # type: ignore[call-overload]
-        feed.remove_orphans(state.parts())
-        run = state.latest_run()
-        if run is None or run.completed_at is None:
-            raise ConfigError(f"{out} has no finished run to re-clean; finish the run first")
-        fingerprint = json.loads(run.fingerprint)
-        filters = filters or WholesaleFilters(**fingerprint["filters"])
-        old_parts = state.parts(run.run_id)
-        records = state.images_in(run.run_id, ("exported",))
-        exporter = Exporter(state, feed, run, filters, fingerprint["request"]["protocol"])
-        feed.mark_incomplete()
-        # All new parts are written first and swapped in by one transaction: a crash before it
-        # leaves the old feed registered (the new files are orphans, deleted on the next start),
-        # a crash after it leaves the new feed with the old files as orphans.
-        new_parts: list[PartRecord] = []
-        rows = 0
-        for start in range(0, len(records), BATCH):
-            parts, batch = exporter.write(records[start : start + BATCH])
-            new_parts.extend(parts)
-            rows += batch.match_rows
-        state.exported(new_parts, [(run.run_id, r.path) for r in records], replacing=old_parts)
-        feed.delete_parts(old_parts)
-        # Later re-cleans and resumes see the filters the feed now reflects.
-        fingerprint["filters"] = filters.fingerprint()
-        state.set_fingerprint(run.run_id, json.dumps(fingerprint, sort_keys=True))
-        manifest.update(
-            {
-                "files": manifest_files(state.parts()),
-                "rows": {"matches": rows, "images": len(records)},
-                "recleaned_with_filters": filters.fingerprint(),
-            }
-        )
-        feed.mark_complete(manifest)
-    return {"run_id": run.run_id, "images": len(records), "match_rows": rows, "calls": 0}
+    with ExitStack() as stack:
+        # Every shard is locked and checked before any is changed: one still running or
+        # unfinished refuses the whole re-clean and leaves the feed as it was.
+        stores = [stack.enter_context(StateStore(out, shard)) for shard in shards]
+        runs: list[Run] = []
+        for state in stores:
+            run = state.latest_run()
+            if run is None or run.completed_at is None:
+                where = f"{out} (shard {state.shard})" if state.shard.sharded else str(out)
+                raise ConfigError(f"{where} has no finished run to re-clean; finish the run first")
+            runs.append(run)
+        results = [
+            _reclean_run(state, run, filters) for state, run in zip(stores, runs, strict=True)
+        ]
+    if shards == [UNSHARDED]:
+        return results[0].to_json() | {"calls": 0}
+    return {
+        "shards": {str(shard): r.to_json() for shard, r in zip(shards, results, strict=True)},
+        "images": sum(r.images for r in results),
+        "match_rows": sum(r.match_rows for r in results),
+        "calls": 0,
+    }
+
+
+def _reclean_run(state: StateStore, run: Run, filters: WholesaleFilters | None) -> Recleaned:
+    """Rebuild one finished run's parts in its shard's feed."""
+    from engine.clean import WholesaleFilters
+    from engine.export import Exporter
+
+    out = state.out
+    manifest = Feed(out, shard=state.shard).read_manifest() or {}
+    # A JSON value, typed object: int() accepts the number run wrote, and raises otherwise.
+    level = int(manifest.get("zstd_level", 6))  # type: ignore[call-overload]
+    feed = Feed(out, level, state.shard)
+    feed.remove_orphans(state.parts())
+    fingerprint = json.loads(run.fingerprint)
+    filters = filters or WholesaleFilters(**fingerprint["filters"])
+    old_parts = state.parts(run.run_id)
+    records = state.images_in(run.run_id, ("exported",))
+    exporter = Exporter(state, feed, run, filters, fingerprint["request"]["protocol"])
+    feed.mark_incomplete()
+    # All new parts are written first and swapped in by one transaction: a crash before it
+    # leaves the old feed registered (the new files are orphans, deleted on the next start),
+    # a crash after it leaves the new feed with the old files as orphans.
+    new_parts: list[PartRecord] = []
+    rows = 0
+    for start in range(0, len(records), BATCH):
+        parts, batch = exporter.write(records[start : start + BATCH])
+        new_parts.extend(parts)
+        rows += batch.match_rows
+    state.exported(new_parts, [(run.run_id, r.path) for r in records], replacing=old_parts)
+    feed.delete_parts(old_parts)
+    # Later re-cleans and resumes see the filters the feed now reflects.
+    fingerprint["filters"] = filters.fingerprint()
+    state.set_fingerprint(run.run_id, json.dumps(fingerprint, sort_keys=True))
+    manifest.update(
+        {
+            "files": manifest_files(state.parts()),
+            "rows": {"matches": rows, "images": len(records)},
+            "recleaned_with_filters": filters.fingerprint(),
+        }
+    )
+    feed.mark_complete(manifest)
+    return Recleaned(run.run_id, len(records), rows)
