@@ -45,6 +45,7 @@ from engine.ratelimit import Rate
 from engine.runner import run_job
 from engine.sandbox import Sandbox, SandboxConfig
 from engine.sandbox.catalogue import DEFAULT_CATALOGUE, Catalogue, Match
+from engine.sandbox.server import most_in_window
 from tools.samplegen import write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,16 +181,6 @@ def ensure_small() -> Path:
 # -- 1. quota ----------------------------------------------------------------------------------
 
 
-def max_in_window(arrivals: list[float], period: float) -> int:
-    """The most arrivals in any window ``[t, t + period)``, as the sandbox counts them."""
-    most, start = 0, 0
-    for end, now in enumerate(arrivals):
-        while arrivals[start] <= now - period:
-            start += 1
-        most = max(most, end - start + 1)
-    return most
-
-
 async def _quota(catalogue: Catalogue, paths: list[Path]) -> dict[str, Any]:
     config = SandboxConfig(rate=QUOTA)
     async with Sandbox(config, catalogue=catalogue) as sandbox:
@@ -244,7 +235,7 @@ def quota(catalogue: Catalogue, corpus: list[Path]) -> None:
     _figure("rate-limit answers received", f"{stats['rate_limited']}   (target 0)")
     _figure(
         f"most calls in any {QUOTA.period:g} s window",
-        f"{max_in_window(arrivals, QUOTA.period)}   (limit {QUOTA.calls})",
+        f"{most_in_window(arrivals, QUOTA.period)}   (limit {QUOTA.calls})",
     )
 
 

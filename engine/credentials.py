@@ -14,6 +14,11 @@ environment variable       file key
 The file is ``file`` if given, else ``$IMG1688_CREDENTIALS``, else
 ``~/.config/img1688/credentials.toml`` when it exists.
 
+A file may instead list several apps, one ``[[app]]`` table each (``app[0]`` is the first),
+with the same four keys; a job then spreads its searches over them (:func:`load_apps`). The
+environment gives exactly one app, so it cannot be combined with such a file: a credential
+variable set beside ``[[app]]`` tables is an error rather than silently ignored.
+
 Access tokens last 10 hours; a refreshed one is kept in the :class:`TokenStore`, a JSON file of
 mode 0600 (``$IMG1688_TOKEN_FILE``, else ``~/.config/img1688/tokens.json``), so the next run
 starts with it instead of the stale token in the environment.
@@ -43,12 +48,22 @@ FIELDS: dict[str, str] = {
 }
 """Credential field -> the environment variable that sets it."""
 
+APP_TABLES = "app"
+"""The key of the ``[[app]]`` tables of a file that lists several apps."""
+REQUIRED = ("app_key", "app_secret")
+
 CREDENTIALS_ENV = "IMG1688_CREDENTIALS"
 TOKEN_FILE_ENV = "IMG1688_TOKEN_FILE"
 
 
 def _mask(value: str | None) -> str:
     return "None" if value is None else "'***'"
+
+
+def mask_key(app_key: str) -> str:
+    """An app key as logs about several apps show it: its first and last two characters, enough
+    to tell one's apps apart (``"app-5521"`` -> ``"ap***21"``); a short key is all masked."""
+    return f"{app_key[:2]}***{app_key[-2:]}" if len(app_key) > 6 else "***"
 
 
 @dataclass(frozen=True)
@@ -66,6 +81,11 @@ class Credentials:
             f"access_token={_mask(self.access_token)}, "
             f"refresh_token={_mask(self.refresh_token)})"
         )
+
+    @property
+    def masked_key(self) -> str:
+        """The app key masked for logs (see :func:`mask_key`)."""
+        return mask_key(self.app_key)
 
     def secrets(self) -> tuple[str, ...]:
         """The values that must never be shown, for :func:`engine.errors.redact`."""
@@ -97,7 +117,7 @@ def _warn_if_shared(path: Path) -> None:
         )
 
 
-def _read_credentials_file(path: Path) -> dict[str, str]:
+def _read_credentials_file(path: Path) -> dict[str, object]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -108,45 +128,107 @@ def _read_credentials_file(path: Path) -> dict[str, str]:
         # The decoder's message quotes positions, not values: safe to show.
         raise ConfigError(f"credentials file {path} is not valid TOML: {exc}") from None
     _warn_if_shared(path)
+    return data
+
+
+def _app_values(data: Mapping[str, object], where: str) -> dict[str, str]:
+    """The non-empty credential values of one app's table; ``where`` prefixes every error."""
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise ConfigError(
-            f"credentials file {path}: unknown key(s) {', '.join(unknown)}; "
-            f"expected {', '.join(FIELDS)}"
+            f"{where}unknown key(s) {', '.join(unknown)}; expected {', '.join(FIELDS)}"
         )
     values: dict[str, str] = {}
     for key, value in data.items():
         if not isinstance(value, str):
-            raise ConfigError(f"credentials file {path}: {key} must be a string")
+            raise ConfigError(f"{where}{key} must be a string")
         if value:
             values[key] = value
     return values
 
 
-def load_credentials(
-    environ: Mapping[str, str] = os.environ, file: Path | None = None
-) -> Credentials:
-    """Gather the credentials from ``environ`` and the credentials file (see the module doc).
-
-    Raises:
-        ConfigError: the app key or secret is missing (the message names the variables and the
-            file that were consulted, never a value), or the file is unreadable or malformed.
-    """
-    path = _credentials_file(environ, file)
-    values = _read_credentials_file(path) if path is not None else {}
-    for key, variable in FIELDS.items():
-        if environ.get(variable):
-            values[key] = environ[variable]
-    missing = [f"{FIELDS[key]} / {key}" for key in ("app_key", "app_secret") if key not in values]
-    if missing:
-        where = f"the environment and {path}" if path else "the environment (no credentials file)"
-        raise ConfigError(f"missing {' and '.join(missing)}: looked in {where}")
+def _credentials(values: Mapping[str, str]) -> Credentials:
     return Credentials(
         app_key=values["app_key"],
         app_secret=values["app_secret"],
         access_token=values.get("access_token"),
         refresh_token=values.get("refresh_token"),
     )
+
+
+def _apps_from_tables(path: Path, tables: object) -> tuple[Credentials, ...]:
+    """The apps of a file's ``[[app]]`` tables, each validated; errors name ``app[i]`` and the
+    key, never a value."""
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"credentials file {path}: {APP_TABLES} must be [[app]] tables")
+    if not tables:
+        raise ConfigError(f"credentials file {path}: {APP_TABLES} lists no app")
+    apps: list[Credentials] = []
+    first_of: dict[str, int] = {}
+    for index, table in enumerate(tables):
+        where = f"credentials file {path}: app[{index}]: "
+        values = _app_values(table, where)
+        missing = [key for key in REQUIRED if key not in values]
+        if missing:
+            raise ConfigError(f"{where}missing {' and '.join(missing)}")
+        earlier = first_of.setdefault(values["app_key"], index)
+        if earlier != index:
+            raise ConfigError(f"{where}app_key is the same as app[{earlier}]'s: list each app once")
+        apps.append(_credentials(values))
+    return tuple(apps)
+
+
+def load_apps(
+    environ: Mapping[str, str] = os.environ, file: Path | None = None
+) -> tuple[Credentials, ...]:
+    """Every app to call with: the ``[[app]]`` tables of the credentials file, in file order,
+    or else the one app of the environment and the file's flat keys (see the module doc).
+
+    Raises:
+        ConfigError: an app key or secret is missing (the message names the variables, the
+            table and the file consulted, never a value); the file is unreadable or malformed
+            (an unknown key, a value that is not a string, flat keys beside ``[[app]]`` tables,
+            the same app key twice); or a credential variable is set beside ``[[app]]`` tables.
+    """
+    path = _credentials_file(environ, file)
+    data = _read_credentials_file(path) if path is not None else {}
+    if path is not None and APP_TABLES in data:
+        flat = sorted(set(data) - {APP_TABLES})
+        if flat:
+            raise ConfigError(
+                f"credentials file {path}: {', '.join(flat)} beside [[app]] tables; put every "
+                "app's keys in its own [[app]] table"
+            )
+        variables = [variable for variable in FIELDS.values() if environ.get(variable)]
+        if variables:
+            raise ConfigError(
+                f"{', '.join(variables)} set, but the credentials file {path} lists its apps as "
+                "[[app]] tables: give each app's credentials in its table, or unset the variables"
+            )
+        return _apps_from_tables(path, data[APP_TABLES])
+    values = _app_values(data, f"credentials file {path}: ") if path is not None else {}
+    for key, variable in FIELDS.items():
+        if environ.get(variable):
+            values[key] = environ[variable]
+    missing = [f"{FIELDS[key]} / {key}" for key in REQUIRED if key not in values]
+    if missing:
+        where = f"the environment and {path}" if path else "the environment (no credentials file)"
+        raise ConfigError(f"missing {' and '.join(missing)}: looked in {where}")
+    return (_credentials(values),)
+
+
+def load_credentials(
+    environ: Mapping[str, str] = os.environ, file: Path | None = None
+) -> Credentials:
+    """The one app of the environment and the credentials file (see :func:`load_apps`).
+
+    Raises:
+        ConfigError: as :func:`load_apps`, or the file lists more than one app.
+    """
+    apps = load_apps(environ, file)
+    if len(apps) > 1:
+        raise ConfigError(f"the credentials file lists {len(apps)} apps where one is needed")
+    return apps[0]
 
 
 @dataclass(frozen=True)
@@ -200,12 +282,15 @@ class TokenStore:
     def load(self, app_key: str) -> StoredToken | None:
         """The token stored for ``app_key``, or ``None`` if there is none (or it is malformed)."""
         entry = self._read().get(app_key)
-        if not isinstance(entry, dict) or not isinstance(entry.get("access_token"), str):
+        if not isinstance(entry, dict):
+            return None
+        access = entry.get("access_token")
+        if not isinstance(access, str):
             return None
         refresh = entry.get("refresh_token")
         expires = entry.get("expires_at")
         return StoredToken(
-            access_token=entry["access_token"],
+            access_token=access,
             refresh_token=refresh if isinstance(refresh, str) else None,
             expires_at=float(expires) if isinstance(expires, int | float) else None,
         )

@@ -9,8 +9,10 @@ classes that tell the caller what to do next::
     └── GatewayError                anything the gateway (or the way to it) answered
         ├── RateLimited             pause every caller, then retry (carries Retry-After)
         ├── TransientError          5xx, timeouts, dropped connections, unreadable bodies: back off
+        │   └── Unreachable         DNS, connection or TLS failure: the gateway was not reached
         ├── TokenExpired            refresh the access token once, then retry
         ├── FatalGatewayError       stop the job: retrying burns quota and fixes nothing
+        │   └── GatewayUnreachable  the gateway was never reached in this invocation
         └── ImageRejected           this image only: record the reason and go on
 
 Messages never contain secrets: they are built from gateway codes and messages only,
@@ -89,7 +91,14 @@ class RateLimited(GatewayError):
 
 
 class TransientError(GatewayError):
-    """A failure that may pass: 5xx, timeout, dropped connection, a body that is not JSON."""
+    """A failure that may pass: 5xx, timeout, dropped connection, a body that is not JSON, a
+    business failure saying the server is busy (:data:`engine.client.classify.BUSY_MARKERS`)."""
+
+
+class Unreachable(TransientError):
+    """One attempt could not reach the gateway: the host name did not resolve, or no connection
+    (TCP or TLS) could be made. Distinct from a timeout or a dropped connection, after which the
+    request may have arrived."""
 
 
 class TokenExpired(GatewayError):
@@ -117,6 +126,11 @@ class FatalGatewayError(GatewayError):
 
     def _describe(self) -> str:
         return f"{super()._describe()} -> {self.fix}"
+
+
+class GatewayUnreachable(FatalGatewayError):
+    """The gateway could not be reached at all since the job started (every attempt failed to
+    resolve or to connect): the endpoint, DNS or the route to it is wrong, not the gateway."""
 
 
 class ImageRejected(GatewayError):

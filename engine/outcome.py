@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from engine.errors import FatalGatewayError, GatewayError, StorageError
+from engine.errors import FatalGatewayError, GatewayError, GatewayUnreachable, StorageError
 
 
 class ExitCode(IntEnum):
@@ -96,6 +96,14 @@ def _interrupted(exc: BaseException) -> tuple[ExitCode, str]:
 _Describe = Callable[[BaseException], tuple[ExitCode, str]]
 _STOP_CAUSES: tuple[tuple[type[BaseException], _Describe], ...] = (
     (StorageError, lambda e: (ExitCode.STORAGE, f"{e}; nothing committed was lost")),
+    (
+        GatewayUnreachable,
+        lambda e: (
+            ExitCode.FATAL_GATEWAY,
+            f"cannot reach the gateway: {e}. Fix that, then run the same command again:"
+            " the job resumes where it stopped.",
+        ),
+    ),
     (
         FatalGatewayError,
         lambda e: (

@@ -10,10 +10,11 @@ import asyncio
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from engine.ratelimit import CallGate
+from engine.ratelimit import CallBudget, CallGate
 
 log = logging.getLogger("engine.progress")
 
@@ -40,18 +41,29 @@ class Counters:
 
 
 class Progress:
-    """Reports :class:`Counters` and the gate's window use until cancelled."""
+    """Reports :class:`Counters` and the gates' window use until cancelled.
+
+    Args:
+        counters: the invocation's live counts.
+        gates: the call gates of every app (or the one gate); their window use is shown summed
+            per window length, e.g. ``calls 14/20 per 2s`` for two apps at 10/2s.
+        budget: what the invocation spent over every gate; by default the first gate's.
+    """
 
     def __init__(
         self,
         counters: Counters,
-        gate: CallGate,
+        gates: CallGate | Sequence[CallGate],
         *,
+        budget: CallBudget | None = None,
         interval: float | None = None,
         stream: TextIO = sys.stderr,
     ) -> None:
         self.counters = counters
-        self.gate = gate
+        self.gates = (gates,) if isinstance(gates, CallGate) else tuple(gates)
+        if not self.gates:
+            raise ValueError("progress needs at least one call gate")
+        self.budget = budget or self.gates[0].budget
         self.stream = stream
         self.tty = stream.isatty()
         self.interval = interval if interval is not None else (1.0 if self.tty else 30.0)
@@ -65,9 +77,17 @@ class Progress:
         return (
             f"{bar}done {c.already_done + c.exported_ok:,} | failed {c.exported_failed:,} | "
             f"pending {c.pending:,} | searched {c.searched:,}, reused {c.reused:,} | "
-            f"calls {self.gate.calls_in_window()}/{self.gate.rate.calls} "
-            f"per {self.gate.rate.period:g}s (spent {self.gate.spent:,}) | ETA {eta}"
+            f"calls {self._window_use()} (spent {self.budget.spent:,}) | ETA {eta}"
         )
+
+    def _window_use(self) -> str:
+        """Calls in the window over calls allowed, summed over the gates of each period."""
+        used: dict[float, list[int]] = {}
+        for gate in self.gates:
+            totals = used.setdefault(gate.rate.period, [0, 0])
+            totals[0] += gate.calls_in_window()
+            totals[1] += gate.rate.calls
+        return " + ".join(f"{n}/{limit} per {period:g}s" for period, (n, limit) in used.items())
 
     async def run(self) -> None:
         try:

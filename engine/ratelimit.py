@@ -1,29 +1,35 @@
-"""The call gate: every HTTP attempt to the gateway passes through one.
+"""Call gates and the call budget: every HTTP attempt to the gateway passes through a gate.
 
-A gateway counts calls when they arrive, in a sliding window of its own. ``AsyncLimiter(10, 60)``
-starts with an empty bucket and lets 19 calls land in the first minute, which a strict gateway
-answers with rate-limit errors. So the gate spaces calls evenly instead: an
-``AsyncLimiter(1, spacing)`` with ``spacing = (period * (1 + margin) + jitter) / calls``. Any
-``calls + 1`` consecutive calls then leave over ``period + margin * period + jitter`` apart, so
-even if the first reached the gateway that much later than the last (network, a busy host), no
-window of ``period`` seconds holds more than ``calls`` arrivals. A steady run still uses
+A gateway counts calls when they arrive, in a sliding window of its own, per app key (and, on
+some gateways, per API). ``AsyncLimiter(10, 60)`` starts with an empty bucket and lets 19 calls
+land in the first minute, which a strict gateway answers with rate-limit errors. So a
+:class:`CallGate` uses aiolimiter's bucket to space calls evenly instead: an
+``AsyncLimiter(1, spacing)`` with ``spacing = (period * (1 + margin) + jitter) / calls`` (the
+configuration aiolimiter's documentation gives for "no bursts"). Any ``calls + 1`` consecutive
+calls then leave over ``period + margin * period + jitter`` apart, so even if the first reached
+the gateway that much later than the last (network, a busy host), no window of ``period``
+seconds holds more than ``calls`` arrivals. A steady run still uses
 ``period / (period * (1 + margin) + jitter)`` of the allowance: 98.9% of 10/60s, 96% of 10/2s.
 
-On top of the spacing the gate keeps a shared "not before" time: a rate-limit answer to any
-caller pauses every caller (honouring ``Retry-After``), since the gateway's window is shared by
-all of them. It also enforces an optional budget of calls for the run, from which a unit of
-work (one search) reserves the calls it needs up front: :meth:`CallGate.reserve` yields a
-:class:`Reservation`, and :meth:`CallGate.acquire` draws from the reservation it is given.
+On top of the spacing each gate keeps a "not before" time: a rate-limit answer to any of its
+callers pauses all of them (honouring ``Retry-After``), since they share the gateway's window.
+
+A run has one :class:`CallBudget` (``--max-calls``), shared by the gates of every app: a unit of
+work (one search) reserves the calls it needs up front with :meth:`CallBudget.reserve`, and
+:meth:`CallGate.acquire` draws each call from the :class:`Reservation` it is given.
+:class:`AppGates` are the gates of one app: one window for every API, or one per API.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 
 from aiolimiter import AsyncLimiter
 
@@ -61,17 +67,17 @@ class Rate:
 
 @dataclass(eq=False)
 class Reservation:
-    """Calls of a gate's budget held for one unit of work, from :meth:`CallGate.reserve`.
+    """Calls of a :class:`CallBudget` held for one unit of work, from :meth:`CallBudget.reserve`.
 
     Pass it to every :meth:`CallGate.acquire` of that work. While it is held, its unused calls
     (``calls - used``, never below 0) count against the budget for every other
-    :meth:`~CallGate.reserve`. It is released when the ``with`` block of ``reserve`` ends.
+    :meth:`~CallBudget.reserve`. It is released when the ``with`` block of ``reserve`` ends.
     """
 
     calls: int
     """Calls held when it was taken."""
     used: int = 0
-    """Calls acquired with it so far; may exceed ``calls`` (retries)."""
+    """Calls acquired with it so far (less those refunded); may exceed ``calls`` (retries)."""
 
     @property
     def remaining(self) -> int:
@@ -79,80 +85,22 @@ class Reservation:
         return max(0, self.calls - self.used)
 
 
-class CallGate:
-    """Admit calls so that no window of ``rate.period`` seconds holds more than ``rate.calls``.
-
-    Use ``await gate.acquire(reservation)`` immediately before each HTTP attempt, retries
-    included, where ``reservation`` comes from ``with gate.reserve(calls) as reservation:``
-    around the unit of work (``acquire()`` alone admits a call that belongs to none).
-    Create one gate per event loop (the underlying limiter binds to the first loop it runs on).
+class CallBudget:
+    """The calls a run may spend in this invocation, over every gate and every app.
 
     Args:
-        rate: the allowance to respect.
-        margin: relative stretch of the spacing between calls.
-        jitter: seconds of variation, between calls, of the delay from the moment a call
-            leaves to the moment the gateway counts it, that the spacing absorbs.
-        budget: total calls this gate may admit; the next ``acquire`` raises
-            :class:`BudgetExhausted`. ``None`` means unlimited.
-        clock: monotonic clock, injectable for tests.
+        limit: total calls that may be spent; ``None`` means unlimited.
     """
 
-    def __init__(
-        self,
-        rate: Rate,
-        *,
-        margin: float = 0.01,
-        jitter: float = 0.05,
-        budget: int | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.rate = rate
-        self.spacing = (rate.period * (1.0 + margin) + jitter) / rate.calls
-        self.budget = budget
-        self._limiter = AsyncLimiter(1, self.spacing)
-        self._clock = clock
-        self._not_before = 0.0
-        self._admitted: deque[float] = deque()
-        self._reservations: set[Reservation] = set()
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
         self.spent = 0
+        """Calls spent so far, less the refunded ones that never reached the gateway."""
+        self._closed = False
+        self._reservations: set[Reservation] = set()
 
-    def pause(self, seconds: float) -> None:
-        """Hold back every caller for ``seconds`` from now (extends, never shortens, a pause)."""
-        self._not_before = max(self._not_before, self._clock() + max(0.0, seconds))
-
-    async def acquire(self, reservation: Reservation | None = None) -> None:
-        """Wait until one more call may be sent, then count it.
-
-        The call is counted against ``reservation`` (``used`` goes up by one), which must be
-        held on this gate. The budget check is the same with or without one: the call is
-        refused only once ``spent`` has reached the budget. So a call drawn from a reservation
-        always fits while the reservation has calls left, and a call without a reservation, or
-        beyond one (a retry), may take calls that other reservations still hold.
-
-        Raises:
-            BudgetExhausted: the budget is spent, or :meth:`close` was called.
-            ValueError: ``reservation`` is not held on this gate (released, or another gate's).
-        """
-        if reservation is not None and reservation not in self._reservations:
-            raise ValueError("the reservation is not held on this gate")
-        while True:
-            self._check_budget()
-            delay = self._not_before - self._clock()
-            if delay > 0:
-                await asyncio.sleep(delay)
-                continue
-            await self._limiter.acquire()
-            # A pause may have started while we waited for the limiter: honour it first.
-            if self._not_before > self._clock():
-                continue
-            self._check_budget()
-            self.spent += 1
-            if reservation is not None:
-                reservation.used += 1
-            now = self._clock()
-            self._admitted.append(now)
-            self._forget_before(now - self.rate.period)
-            return
+    def __repr__(self) -> str:
+        return f"CallBudget(limit={self.limit}, spent={self.spent}, closed={self._closed})"
 
     @contextmanager
     def reserve(self, calls: int) -> Iterator[Reservation]:
@@ -160,17 +108,20 @@ class CallGate:
 
         An ``ocean`` search is an upload and a query: reserving both up front keeps the budget
         from running out between them, which would waste the upload. Pass the yielded
-        :class:`Reservation` to every :meth:`acquire` of that work; the calls it still holds are
-        released when the block ends, however it ends. Without a budget, a reservation only
-        counts calls.
+        :class:`Reservation` to every :meth:`CallGate.acquire` of that work; the calls it still
+        holds are released when the block ends, however it ends. Without a limit, a reservation
+        only counts calls.
 
         Raises:
-            BudgetExhausted: at once, before the block runs, when ``spent`` plus the calls other
-                reservations still hold plus ``calls`` would exceed the budget.
+            BudgetExhausted: at once, before the block runs, when the budget is closed, or when
+                ``spent`` plus the calls other reservations still hold plus ``calls`` would
+                exceed the limit.
         """
-        if self.budget is not None and self.spent + self._outstanding() + calls > self.budget:
+        if self._closed:
+            raise BudgetExhausted("no further call is admitted: the run is stopping")
+        if self.limit is not None and self.spent + self._outstanding() + calls > self.limit:
             raise BudgetExhausted(
-                f"the call budget of {self.budget} calls for this run is spent"
+                f"the call budget of {self.limit} calls for this run is spent"
                 " (or too little is left for one more search)"
             )
         reservation = Reservation(calls)
@@ -180,16 +131,178 @@ class CallGate:
         finally:
             self._reservations.discard(reservation)
 
+    def holds(self, reservation: Reservation) -> bool:
+        """Whether ``reservation`` was taken from this budget and is not yet released."""
+        return reservation in self._reservations
+
+    def check(self) -> None:
+        """Raise :class:`BudgetExhausted` if no further call may be spent.
+
+        A call drawn from a reservation always fits while the reservation has calls left (the
+        reservation kept them free); a call without one, or beyond one (a retry), may take
+        calls that other reservations still hold.
+        """
+        if self._closed:
+            raise BudgetExhausted("no further call is admitted: the run is stopping")
+        if self.limit is not None and self.spent >= self.limit:
+            raise BudgetExhausted(f"the call budget of {self.limit} calls for this run is spent")
+
+    def spend(self, reservation: Reservation | None) -> None:
+        """Count one call, against ``reservation`` when given. Raises like :meth:`check`."""
+        self.check()
+        self.spent += 1
+        if reservation is not None:
+            reservation.used += 1
+
+    def refund(self, reservation: Reservation | None) -> None:
+        """Give back one call that provably never reached the gateway (and its reservation's)."""
+        self.spent -= 1
+        if reservation is not None:
+            reservation.used -= 1
+
+    def close(self) -> None:
+        """Admit no further call and no new reservation: every later :meth:`check` and
+        :meth:`reserve` raises :class:`BudgetExhausted`. Used when the run stops."""
+        self._closed = True
+
     def _outstanding(self) -> int:
         return sum(r.remaining for r in self._reservations)
 
+
+@dataclass(eq=False)
+class Admission:
+    """One call a :class:`CallGate` admitted, as :meth:`CallGate.acquire` returns it."""
+
+    at: float
+    """The gate's clock when the call was admitted (its departure)."""
+    reservation: Reservation | None
+    gate: CallGate = field(repr=False)
+    refunded: bool = False
+
+
+class CallGate:
+    """Admit calls so that no window of ``rate.period`` seconds holds more than ``rate.calls``
+    arrivals at the gateway.
+
+    Use ``await gate.acquire(reservation)`` immediately before each HTTP attempt, retries
+    included, where ``reservation`` comes from ``with gate.budget.reserve(calls) as
+    reservation:`` around the unit of work (``acquire()`` alone admits a call that belongs to
+    none). Create one gate per event loop (aiolimiter binds to the first loop it runs on).
+
+    **Refunds.** An attempt that provably never reached the gateway (it ended before it had a
+    connection: a DNS, connect or TLS failure, or a cancellation then) is given back with
+    :meth:`refund`: it leaves the budget, the call accounting and the window count, because the
+    gateway never counted it. Its slot in the spacing stays spent: aiolimiter's bucket has no
+    way back, and keeping it costs one spacing interval of time, never quota. The guarantee is
+    untouched, since the calls that may arrive are a subset of the calls spaced.
+
+    Args:
+        rate: the allowance to respect.
+        margin: relative stretch of the spacing between calls.
+        jitter: seconds of variation, between calls, of the delay from the moment a call
+            leaves to the moment the gateway counts it, that the spacing absorbs.
+        budget: the run's :class:`CallBudget`, shared with other gates; an ``int`` or ``None``
+            makes a budget of that limit for this gate alone.
+        clock: monotonic clock for pauses and the window count, injectable for tests (the
+            spacing itself is aiolimiter's, on the event loop's clock).
+    """
+
+    def __init__(
+        self,
+        rate: Rate,
+        *,
+        margin: float = 0.01,
+        jitter: float = 0.05,
+        budget: CallBudget | int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rate = rate
+        self.spacing = (rate.period * (1.0 + margin) + jitter) / rate.calls
+        self.budget = budget if isinstance(budget, CallBudget) else CallBudget(budget)
+        self.spent = 0
+        """Calls this gate admitted, less those refunded (the budget counts every gate's)."""
+        self._limiter = AsyncLimiter(1, self.spacing)
+        self._clock = clock
+        self._not_before = 0.0
+        self._last = -math.inf
+        """The latest admission, refunded or not: the bucket spaces from it either way."""
+        self._admitted: deque[float] = deque()  # unrefunded admissions within the period
+        self._waiting = 0
+
+    def __repr__(self) -> str:
+        return f"CallGate(rate={self.rate}, spent={self.spent})"
+
+    def reserve(self, calls: int) -> AbstractContextManager[Reservation]:
+        """Shorthand for ``gate.budget.reserve(calls)`` (see :meth:`CallBudget.reserve`)."""
+        return self.budget.reserve(calls)
+
     def close(self) -> None:
-        """Admit no further call: the next :meth:`acquire` raises :class:`BudgetExhausted`.
-        Used when the run stops, so no caller still waiting for a slot sends a new call."""
-        self.budget = self.spent
+        """Close the budget (shared with every gate that shares it): no further call."""
+        self.budget.close()
+
+    def pause(self, seconds: float) -> None:
+        """Hold back every caller for ``seconds`` from now (extends, never shortens, a pause)."""
+        self._not_before = max(self._not_before, self._clock() + max(0.0, seconds))
+
+    def free_at(self) -> float:
+        """When a call asked for now would be admitted, on the gate's clock (a time in the past
+        means at once): after the pause, the spacing and every caller already in line."""
+        return max(self._not_before, self._last + self.spacing * (1 + self._waiting))
+
+    async def acquire(self, reservation: Reservation | None = None) -> Admission:
+        """Wait until one more call may be sent, then count it and return its admission.
+
+        The call is counted against the budget and against ``reservation`` (``used`` goes up by
+        one), which must be held on the gate's budget (see :meth:`CallBudget.check`).
+
+        Raises:
+            BudgetExhausted: the budget is spent or closed.
+            ValueError: ``reservation`` is not held on this gate's budget (released, or
+                another budget's).
+        """
+        if reservation is not None and not self.budget.holds(reservation):
+            raise ValueError("the reservation is not held on this gate's budget")
+        self._waiting += 1
+        try:
+            while True:
+                self.budget.check()
+                delay = self._not_before - self._clock()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                    continue
+                await self._limiter.acquire()
+                # A pause may have started while we waited for the bucket: honour it first.
+                if self._not_before <= self._clock():
+                    break
+            self.budget.spend(reservation)
+            self.spent += 1
+            now = self._last = self._clock()
+            self._admitted.append(now)
+            self._forget_before(now - self.rate.period)
+            return Admission(now, reservation, self)
+        finally:
+            self._waiting -= 1
+
+    def refund(self, admission: Admission) -> None:
+        """Give back a call that provably never reached the gateway (see the class doc): it no
+        longer counts in the budget or the window. A second refund is ignored.
+
+        Raises:
+            ValueError: ``admission`` was made by another gate.
+        """
+        if admission.gate is not self:
+            raise ValueError("the admission was made by another gate")
+        if admission.refunded:
+            return
+        admission.refunded = True
+        self.budget.refund(admission.reservation)
+        self.spent -= 1
+        # Gone already if older than the period: then it no longer counts in the window.
+        with contextlib.suppress(ValueError):
+            self._admitted.remove(admission.at)
 
     def calls_in_window(self) -> int:
-        """Calls admitted during the last ``rate.period`` seconds."""
+        """Calls admitted (and not refunded) during the last ``rate.period`` seconds."""
         self._forget_before(self._clock() - self.rate.period)
         return len(self._admitted)
 
@@ -197,6 +310,51 @@ class CallGate:
         while self._admitted and self._admitted[0] <= horizon:
             self._admitted.popleft()
 
-    def _check_budget(self) -> None:
-        if self.budget is not None and self.spent >= self.budget:
-            raise BudgetExhausted(f"the call budget of {self.budget} calls for this run is spent")
+
+class AppGates:
+    """The gates one app's calls pass: one window for every API (the default, as gateways that
+    count per app key), or one window per API (``gateway.rates``), all on one budget.
+
+    Args:
+        shared: the gate of every API without a gate of its own.
+        per_api: API name -> its own gate.
+
+    Raises:
+        ValueError: no gate at all, or gates on different budgets.
+    """
+
+    def __init__(
+        self, shared: CallGate | None = None, per_api: Mapping[str, CallGate] | None = None
+    ) -> None:
+        self.shared = shared
+        self.per_api = dict(per_api or {})
+        gates = self.gates
+        if not gates:
+            raise ValueError("an app needs at least one call gate")
+        if any(gate.budget is not gates[0].budget for gate in gates):
+            raise ValueError("the gates of an app must share one call budget")
+        self.budget = gates[0].budget
+
+    @classmethod
+    def build(cls, rate: Rate | Mapping[str, Rate], budget: CallBudget) -> AppGates:
+        """One shared gate at ``rate``, or one gate per API of the mapping, on ``budget``."""
+        if isinstance(rate, Rate):
+            return cls(CallGate(rate, budget=budget))
+        return cls(per_api={api: CallGate(r, budget=budget) for api, r in rate.items()})
+
+    @property
+    def gates(self) -> tuple[CallGate, ...]:
+        """Every gate, the shared one first."""
+        shared = (self.shared,) if self.shared is not None else ()
+        return shared + tuple(self.per_api.values())
+
+    def for_api(self, api: str) -> CallGate:
+        """The gate that admits calls to ``api``.
+
+        Raises:
+            ValueError: ``api`` has no gate of its own and there is no shared gate.
+        """
+        gate = self.per_api.get(api, self.shared)
+        if gate is None:
+            raise ValueError(f"no call gate for {api}")
+        return gate

@@ -48,7 +48,7 @@ def run_summary(
         "reused_answers": totals["reused"],
         "searched": totals["searched"],
         "elapsed_seconds": round(time.monotonic() - counters.started, 2),
-        "rate": str(calls.gate.rate),
+        "rate": calls.rate,
         "unreadable": len(discovery.unreadable),
         "unreadable_examples": discovery.unreadable[:UNREADABLE_EXAMPLES],
         "missing_inputs": discovery.missing_inputs,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -68,6 +69,15 @@ def state(tmp_path: Path) -> Iterator[StateStore]:
     """A real checkpoint database in a private output directory, closed after the test."""
     with StateStore(tmp_path / "out") as store:
         yield store
+
+
+@pytest.fixture
+def refusing_url() -> Iterator[str]:
+    """An http URL on loopback whose port refuses connections: bound, but never listening, so
+    no other process can take the port while the test runs."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 # --- the client against the sandbox (helpers in tests/gateway_kit.py) ---------------------

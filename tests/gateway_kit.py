@@ -2,7 +2,8 @@
 
 The fixtures built on these (``client_catalogue``, ``start_sandbox``, ``shared_sandbox``) are in
 ``conftest.py``. Every sandbox knows one app: :data:`APP_KEY`, :data:`APP_SECRET`, :data:`TOKEN`
-and :data:`REFRESH`, none of which may ever show in an error.
+and :data:`REFRESH`, and may know :data:`APP2` too (``extra_apps=(APP2,)``); none of their
+secrets may ever show in an error.
 """
 
 from __future__ import annotations
@@ -22,17 +23,20 @@ from engine.client import GatewayClient, RetryPolicy, SearchFilters, SearchResul
 from engine.credentials import Credentials, TokenStore
 from engine.errors import GatewayError
 from engine.protocol import ProtocolName
-from engine.ratelimit import CallGate, Rate
-from engine.sandbox import Sandbox, SandboxConfig
+from engine.ratelimit import AppGates, CallGate, Rate
+from engine.sandbox import Sandbox, SandboxApp, SandboxConfig
 from engine.sandbox.catalogue import Catalogue
 
 APP_KEY = "app-5521"
 APP_SECRET = "app-secret-c0ffee"
 TOKEN = "access-token-f00d"
 REFRESH = "refresh-token-beef"
-SECRETS = (APP_SECRET, TOKEN, REFRESH)
+APP2 = SandboxApp("app-7730", "app2-secret-d00d", "access2-token-cafe", "refresh2-token-babe")
+SECRETS = (APP_SECRET, TOKEN, REFRESH, APP2.app_secret, APP2.access_token, "refresh2-token-babe")
 FAST = RetryPolicy(attempts=1, base_delay=0.01, max_delay=0.05, timeout=10)
 LOOSE = Rate(10_000, 1.0)
+UNRESOLVABLE = "http://nonexistent.invalid"
+"""A URL whose host name never resolves (``.invalid`` is reserved for that, RFC 2606)."""
 
 COLOURS = [(220, 30, 30), (30, 60, 220), (40, 170, 60), (240, 200, 20)]
 
@@ -109,22 +113,37 @@ def credentials(**changes: Any) -> Credentials:
     return replace(Credentials(APP_KEY, APP_SECRET, TOKEN, REFRESH), **changes)
 
 
-def client_for(
-    box: Sandbox,
+def credentials_of(app: SandboxApp, **changes: Any) -> Credentials:
+    """The credentials of a sandbox's app, with ``changes``."""
+    own = Credentials(app.app_key, app.app_secret, app.access_token, app.refresh_token)
+    return replace(own, **changes)
+
+
+def client_for(box: Sandbox, protocol: ProtocolName, **options: Any) -> GatewayClient:
+    """A client of our app for the sandbox ``box`` (``options`` as for :func:`client_at`)."""
+    return client_at(box.url, protocol, **options)
+
+
+def client_at(
+    url: str,
     protocol: ProtocolName,
     *,
-    gate: CallGate | None = None,
+    gate: CallGate | AppGates | None = None,
     retry: RetryPolicy = FAST,
     creds: Credentials | None = None,
     store: TokenStore | None = None,
+    **options: Any,
 ) -> GatewayClient:
+    """A client of our app for the gateway at ``url``; ``options`` go to the client as they are
+    (``session``, ``contact``)."""
     return GatewayClient(
-        base_url=box.url,
+        base_url=url,
         protocol=protocol,
         credentials=creds or credentials(),
         gate=gate or CallGate(LOOSE),
         retry=retry,
         token_store=store,
+        **options,
     )
 
 

@@ -9,19 +9,29 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import socket
 import stat
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp.abc import AbstractResolver
 from PIL import Image
 
-from engine.client import GatewayClient, SearchFilters
+from engine.client import Contact, GatewayClient, SearchFilters, client_session
 from engine.credentials import TokenStore
-from engine.errors import FatalGatewayError, ImageRejected, RateLimited, TransientError
+from engine.errors import (
+    FatalGatewayError,
+    GatewayUnreachable,
+    ImageRejected,
+    RateLimited,
+    TransientError,
+    Unreachable,
+)
 from engine.protocol import OCEAN_QUERY, OCEAN_UPLOAD, PROTOCOLS, SEED_API, ProtocolName
-from engine.ratelimit import BudgetExhausted, CallGate, Rate, Reservation
+from engine.ratelimit import AppGates, BudgetExhausted, CallBudget, CallGate, Rate, Reservation
 from engine.sandbox import Faults
 from tests.gateway_kit import (
     APP_KEY,
@@ -32,7 +42,10 @@ from tests.gateway_kit import (
     REFRESH,
     SECRETS,
     TOKEN,
+    UNRESOLVABLE,
     StartSandbox,
+    assert_no_secret,
+    client_at,
     client_for,
     credentials,
     draw_jpeg,
@@ -370,3 +383,131 @@ def test_client_repr_shows_no_credentials() -> None:
     assert repr(client) == "GatewayClient(base_url='http://127.0.0.1:1', protocol='ocean')"
     for secret in SECRETS:
         assert secret not in repr(client) and secret not in repr(credentials())
+
+
+# --- a gateway that cannot be reached --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("where", "code", "says"),
+    [
+        ("refusing", "connect", "Connection refused"),
+        ("unresolvable", "dns", "nonexistent.invalid"),
+        ("plain http", "tls", "WRONG_VERSION_NUMBER"),  # https:// to a server without TLS
+    ],
+)
+async def test_an_unreachable_gateway_is_fatal_and_costs_no_call(
+    start_sandbox: StartSandbox, refusing_url: str, where: str, code: str, says: str
+) -> None:
+    box = await start_sandbox()
+    url = {
+        "refusing": refusing_url,
+        "unresolvable": UNRESOLVABLE,
+        "plain http": box.url.replace("http://", "https://"),
+    }[where]
+    gate = CallGate(LOOSE, budget=4)
+    client = client_at(url, "ocean", gate=gate, retry=replace(FAST, attempts=3))
+    with pytest.raises(GatewayUnreachable) as caught:
+        async with client:
+            await client.search(JPEG, SearchFilters())
+    error = caught.value
+    assert error.code == code
+    assert url in error.message and says in error.message
+    assert "gateway.endpoint" in error.fix and "DNS" in error.fix
+    assert_no_secret(error)
+    # Three attempts, none of which sent a request: nothing spent, nothing in the window.
+    assert (gate.spent, gate.budget.spent, gate.calls_in_window()) == (0, 0, 0)
+    assert box.stats()["total_calls"] == 0
+
+
+async def test_once_the_gateway_has_answered_a_refused_connection_is_only_transient(
+    refusing_url: str,
+) -> None:
+    gate = CallGate(LOOSE)
+    client = client_at(refusing_url, "seed", gate=gate, contact=Contact(reached=True))
+    with pytest.raises(Unreachable) as caught:
+        async with client:
+            await client.search(JPEG, SearchFilters())
+    assert not isinstance(caught.value, FatalGatewayError)
+    assert caught.value.code == "connect"
+    assert gate.spent == 0
+
+
+async def test_an_unreachable_token_endpoint_is_not_a_token_problem(refusing_url: str) -> None:
+    # No access token: the first thing the client does is refresh one, which cannot connect.
+    client = client_at(refusing_url, "seed", creds=credentials(access_token=None))
+    with pytest.raises(GatewayUnreachable) as caught:
+        async with client:
+            await client.search(JPEG, SearchFilters())
+    assert "IMG1688_REFRESH_TOKEN" not in caught.value.fix
+
+
+# --- one window per API ------------------------------------------------------------------------
+
+
+async def test_per_api_gates_admit_the_upload_and_the_query_each_in_its_window(
+    start_sandbox: StartSandbox,
+) -> None:
+    box = await start_sandbox()
+    gates = AppGates.build({OCEAN_UPLOAD: LOOSE, OCEAN_QUERY: LOOSE}, CallBudget())
+    async with client_for(box, "ocean", gate=gates) as client:
+        for _ in range(2):
+            assert offers(await client.search(JPEG, SearchFilters()))
+    assert gates.for_api(OCEAN_UPLOAD).spent == gates.for_api(OCEAN_QUERY).spent == 2
+    assert gates.budget.spent == box.stats()["total_calls"] == 4
+
+
+class StuckResolver(AbstractResolver):
+    """A DNS lookup that never ends: an attempt waits before it has any connection."""
+
+    def __init__(self) -> None:
+        self.asked = asyncio.Event()
+
+    async def resolve(self, host: str, port: int = 0, family: Any = socket.AF_INET) -> Any:
+        self.asked.set()
+        await asyncio.Event().wait()
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_an_attempt_cancelled_before_it_had_a_connection_costs_nothing() -> None:
+    resolver = StuckResolver()
+    gate = CallGate(LOOSE, budget=2)
+    async with client_session(connector=aiohttp.TCPConnector(resolver=resolver)) as session:
+        client = client_at("http://gateway.test", "seed", gate=gate, session=session)
+        searching = asyncio.create_task(client.search(JPEG, SearchFilters()))
+        await resolver.asked.wait()  # admitted by the gate, now looking the host up
+        assert gate.spent == 1
+        searching.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await searching
+    assert (gate.spent, gate.budget.spent, gate.calls_in_window()) == (0, 0, 0)
+
+
+async def test_an_attempt_cancelled_after_it_reached_the_gateway_counts(
+    start_sandbox: StartSandbox,
+) -> None:
+    box = await start_sandbox(faults=Faults(slow=1.0, slow_seconds=1.0))
+    gate = CallGate(LOOSE)
+    async with client_for(box, "seed", gate=gate) as client:
+        searching = asyncio.create_task(client.search(JPEG, SearchFilters()))
+        async with asyncio.timeout(10):
+            # The sandbox counts it in-process and says so only in its stats: poll them.
+            while not box.stats()["arrivals"]:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        searching.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await searching
+    assert gate.spent == gate.budget.spent == len(box.stats()["arrivals"]) == 1
+
+
+async def test_without_a_tracing_session_every_attempt_counts(refusing_url: str) -> None:
+    gate = CallGate(LOOSE)
+    async with aiohttp.ClientSession() as plain:
+        client = client_at(
+            refusing_url, "seed", gate=gate, retry=replace(FAST, attempts=2), session=plain
+        )
+        with pytest.raises(GatewayUnreachable):
+            await client.search(JPEG, SearchFilters())
+    assert gate.spent == 2  # nothing proves they never left: they count

@@ -9,8 +9,17 @@ import stat
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from engine.credentials import Credentials, StoredToken, TokenStore, load_credentials
+from engine.credentials import (
+    Credentials,
+    StoredToken,
+    TokenStore,
+    load_apps,
+    load_credentials,
+    mask_key,
+)
 from engine.errors import ConfigError
 
 SECRET = "app-secret-4f1c"
@@ -189,3 +198,107 @@ def test_token_store_file_is_never_created_wider(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert mode_of(store.path) == 0o600
+
+
+# --- several apps ---------------------------------------------------------------------------
+
+
+def apps_file(path: Path, *tables: dict[str, object], extra: str = "") -> Path:
+    """A credentials file of ``[[app]]`` tables (values written as TOML strings or numbers)."""
+    lines = [extra] if extra else []
+    for table in tables:
+        lines.append("[[app]]")
+        lines.extend(f"{key} = {json.dumps(value)}" for key, value in table.items())
+    return write_file(path, "\n".join(lines) + "\n")
+
+
+def test_several_apps_in_file_order(tmp_path: Path) -> None:
+    file = apps_file(
+        tmp_path / "c.toml",
+        {"app_key": "key1", "app_secret": SECRET, "access_token": TOKEN, "refresh_token": REFRESH},
+        {"app_key": "key2", "app_secret": "secret-two", "access_token": ""},
+    )
+    assert load_apps({"HOME": str(tmp_path)}, file=file) == (
+        Credentials("key1", SECRET, TOKEN, REFRESH),
+        Credentials("key2", "secret-two", None, None),
+    )
+    with pytest.raises(ConfigError, match="lists 2 apps where one is needed"):
+        load_credentials({}, file=file)
+
+
+def test_a_flat_file_and_the_environment_still_give_one_app(tmp_path: Path) -> None:
+    file = write_file(tmp_path / "c.toml", f'app_key = "k"\napp_secret = "{SECRET}"\n')
+    assert load_apps({"IMG1688_ACCESS_TOKEN": TOKEN}, file=file) == (
+        Credentials("k", SECRET, TOKEN, None),
+    )
+    env = {"IMG1688_APP_KEY": "e", "IMG1688_APP_SECRET": SECRET, "HOME": "/nonexistent"}
+    assert load_apps(env) == (Credentials("e", SECRET),)
+
+
+GOOD = {"app_key": "key1", "app_secret": SECRET}
+
+
+@pytest.mark.parametrize(
+    ("tables", "extra", "fragments"),
+    [
+        ((GOOD, {"app_key": "key2"}), "", ["app[1]: missing app_secret"]),
+        (({"app_secret": SECRET},), "", ["app[0]: missing app_key"]),
+        ((GOOD, {**GOOD, "token": TOKEN}), "", ["app[1]: unknown key(s) token", "expected"]),
+        ((GOOD, {"app_key": "key2", "app_secret": 12}), "", ["app[1]: app_secret must be"]),
+        (
+            (GOOD, {"app_key": "key2", "app_secret": "s2"}, {**GOOD, "app_secret": "other"}),
+            "",
+            ["app[2]: app_key is the same as app[0]'s"],
+        ),
+        ((GOOD,), 'app_key = "flat"', ["app_key beside [[app]] tables"]),
+        ((), 'app = "key1"', ["app must be [[app]] tables"]),
+        ((), "app = []", ["lists no app"]),
+    ],
+)
+def test_malformed_app_tables_name_the_table_and_the_key(
+    tmp_path: Path, tables: tuple[dict[str, object], ...], extra: str, fragments: list[str]
+) -> None:
+    file = apps_file(tmp_path / "c.toml", *tables, extra=extra)
+    with pytest.raises(ConfigError) as caught:
+        load_apps({}, file=file)
+    message = str(caught.value)
+    assert str(file) in message
+    for fragment in fragments:
+        assert fragment in message
+    for secret in (SECRET, TOKEN, "other"):
+        assert secret not in message
+
+
+def test_a_credential_variable_beside_app_tables_is_an_error(tmp_path: Path) -> None:
+    file = apps_file(tmp_path / "c.toml", GOOD)
+    with pytest.raises(ConfigError) as caught:
+        load_apps({"IMG1688_ACCESS_TOKEN": TOKEN}, file=file)
+    assert "IMG1688_ACCESS_TOKEN set" in str(caught.value) and TOKEN not in str(caught.value)
+
+
+_keys = st.text(st.characters(categories=("L", "N"), max_codepoint=0x7F), min_size=1, max_size=12)
+
+
+@settings(max_examples=50)
+@given(keys=st.lists(_keys, min_size=1, max_size=6))
+def test_any_list_of_apps_loads_in_order_or_names_its_first_duplicate(
+    tmp_path_factory: pytest.TempPathFactory, keys: list[str]
+) -> None:
+    folder = tmp_path_factory.mktemp("apps")
+    tables = [{"app_key": key, "app_secret": f"{SECRET}-{i}"} for i, key in enumerate(keys)]
+    file = apps_file(folder / "c.toml", *tables)
+    duplicate = next((i for i, key in enumerate(keys) if key in keys[:i]), None)
+    if duplicate is None:
+        assert [app.app_key for app in load_apps({}, file=file)] == keys
+        return
+    with pytest.raises(ConfigError) as caught:
+        load_apps({}, file=file)
+    first = keys.index(keys[duplicate])
+    assert f"app[{duplicate}]: app_key is the same as app[{first}]'s" in str(caught.value)
+    assert SECRET not in str(caught.value)
+
+
+def test_masked_keys_tell_apps_apart_without_showing_them() -> None:
+    assert Credentials("app-5521", SECRET).masked_key == "ap***21"
+    assert mask_key("abc") == "***"
+    assert SECRET not in Credentials("app-5521", SECRET).masked_key

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from engine.progress import Counters, Progress
-from engine.ratelimit import CallGate, Rate
+from engine.ratelimit import CallBudget, CallGate, Rate
 
 
 class FakeTerminal(io.StringIO):
@@ -43,3 +43,15 @@ def test_a_terminal_gets_a_bar_rewritten_in_place_and_logs_get_lines(
     assert terminal.getvalue().startswith("\r\x1b[2K[##########----------] done 2")
     assert "done 2 | failed 0 | pending 2" in caplog.text
     assert "[#" not in caplog.text
+
+
+async def test_the_window_use_of_several_apps_adds_up() -> None:
+    budget = CallBudget()
+    gates = [CallGate(Rate(10, 2.0), budget=budget) for _ in range(2)]
+    await gates[0].acquire()
+    await gates[1].acquire()
+    line = Progress(Counters(), gates, stream=io.StringIO()).line()
+    assert "calls 2/20 per 2s (spent 2)" in line
+    per_api = [CallGate(Rate(5, 1.0), budget=budget), CallGate(Rate(3, 60.0), budget=budget)]
+    line = Progress(Counters(), gates + per_api, budget=budget, stream=io.StringIO()).line()
+    assert "calls 2/20 per 2s + 0/5 per 1s + 0/3 per 60s (spent 2)" in line

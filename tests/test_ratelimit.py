@@ -7,7 +7,14 @@ import time
 
 import pytest
 
-from engine.ratelimit import BudgetExhausted, CallGate, Rate, Reservation
+from engine.ratelimit import (
+    AppGates,
+    BudgetExhausted,
+    CallBudget,
+    CallGate,
+    Rate,
+    Reservation,
+)
 
 
 @pytest.mark.parametrize(
@@ -168,3 +175,110 @@ async def test_without_a_budget_reservations_only_count() -> None:
         await gate.acquire(huge)
         await gate.acquire(other)
     assert (huge.used, other.used, gate.spent) == (1, 1, 2)
+
+
+# --- one budget over several gates -----------------------------------------------------------
+
+
+async def test_gates_sharing_a_budget_spend_it_once() -> None:
+    budget = CallBudget(3)
+    first, second = (
+        CallGate(Rate(1000, 1.0), budget=budget),
+        CallGate(Rate(1000, 1.0), budget=budget),
+    )
+    # A reservation is the budget's: any gate on that budget may draw from it.
+    with budget.reserve(2) as reservation:
+        await first.acquire(reservation)
+        await second.acquire(reservation)
+        with pytest.raises(BudgetExhausted, match="too little is left"):
+            budget.reserve(2).__enter__()
+    await second.acquire()
+    with pytest.raises(BudgetExhausted, match="3 calls"):
+        await first.acquire()
+    assert (first.spent, second.spent, budget.spent) == (1, 2, 3)
+    with pytest.raises(ValueError, match="share one call budget"):
+        AppGates(first, {"api": CallGate(Rate(1, 1.0))})
+
+
+async def test_closing_the_budget_closes_every_gate_on_it() -> None:
+    budget = CallBudget()
+    gates = [CallGate(Rate(1000, 1.0), budget=budget) for _ in range(2)]
+    await gates[0].acquire()
+    gates[1].close()
+    for gate in gates:
+        with pytest.raises(BudgetExhausted, match="stopping"):
+            await gate.acquire()
+    with pytest.raises(BudgetExhausted, match="stopping"):
+        budget.reserve(1).__enter__()
+    assert budget.spent == 1
+
+
+def test_app_gates_route_each_api_to_its_window() -> None:
+    budget = CallBudget()
+    shared = AppGates.build(Rate(10, 60.0), budget)
+    assert shared.for_api("upload") is shared.for_api("query") is shared.shared
+    per_api = AppGates.build({"upload": Rate(5, 1.0), "query": Rate(7, 1.0)}, budget)
+    assert per_api.for_api("upload").rate == Rate(5, 1.0)
+    assert per_api.for_api("query").rate == Rate(7, 1.0)
+    assert per_api.budget is budget and len(per_api.gates) == 2
+    with pytest.raises(ValueError, match="no call gate for search"):
+        per_api.for_api("search")
+
+
+# --- calls that never reached the gateway ------------------------------------------------------
+
+
+class Clock:
+    """A clock the test moves: the gate decides by it (its waits stay real, and short here)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_refund_gives_back_the_budget_and_the_window_but_not_the_slot() -> None:
+    clock = Clock()
+    gate = CallGate(Rate(2, 0.2), budget=5, clock=clock)
+    with gate.reserve(2) as reservation:
+        never_arrived = await gate.acquire(reservation)
+        free = gate.free_at()
+        assert free == never_arrived.at + gate.spacing
+        gate.refund(never_arrived)
+        gate.refund(never_arrived)  # a second refund changes nothing
+        assert (gate.spent, gate.budget.spent, reservation.used, gate.calls_in_window()) == (
+            0,
+            0,
+            0,
+            0,
+        )
+        # The bucket's slot stays spent: the next call is spaced from the refunded one.
+        assert gate.free_at() == free
+        clock.now = free
+        sent = await gate.acquire(reservation)
+    assert (gate.spent, gate.budget.spent, gate.calls_in_window()) == (1, 1, 1)
+    assert gate.free_at() == sent.at + gate.spacing
+    with pytest.raises(ValueError, match="another gate"):
+        CallGate(Rate(2, 60.0)).refund(sent)
+
+
+async def test_a_refund_of_a_call_older_than_the_period_changes_only_the_budget() -> None:
+    clock = Clock()
+    gate = CallGate(Rate(3, 0.3), clock=clock)
+    first = await gate.acquire()
+    clock.now = first.at + 1.0  # the first call has left the window
+    second = await gate.acquire()
+    gate.refund(first)
+    assert gate.calls_in_window() == 1
+    assert (gate.spent, gate.budget.spent) == (1, 1)
+    assert gate.free_at() == second.at + gate.spacing
+
+
+async def test_refunded_calls_leave_the_window_count() -> None:
+    gate = CallGate(Rate(4, 0.4), clock=Clock())
+    admitted = [await gate.acquire() for _ in range(4)]
+    gate.refund(admitted[1])
+    gate.refund(admitted[3])
+    assert gate.calls_in_window() == 2
+    assert gate.spent == gate.budget.spent == 2

@@ -22,9 +22,11 @@ import aiohttp
 import pytest
 from PIL import Image, ImageDraw
 
+from engine.client import classify_ocean, classify_seed
 from engine.commands import sandbox as sandbox_command
+from engine.errors import TransientError
 from engine.ratelimit import Rate
-from engine.sandbox import Faults, Sandbox, SandboxConfig
+from engine.sandbox import Faults, Sandbox, SandboxApp, SandboxConfig
 from engine.sandbox.catalogue import Catalogue
 from engine.sandbox.faults import Fault, FaultPicker
 from engine.signing import ocean_signature, ocean_timestamp, seed_signature, seed_timestamp
@@ -546,6 +548,19 @@ async def test_fault_spurious_rate_limit(open_sandbox, catalogue_dir):
     assert stats["faults"]["spurious_rate_limit"] == 2 and stats["rate_limited"] == 0
 
 
+async def test_fault_busy_is_a_business_failure_the_client_retries(open_sandbox, catalogue_dir):
+    wire = await open_sandbox(faults=Faults(busy=1.0))
+    upload = await wire.upload(product_image(catalogue_dir, 0))
+    assert upload.status == 200
+    assert upload.json()["result"]["success"] == "false"
+    assert isinstance(classify_ocean(upload.status, upload.text, {}), TransientError)
+    seed = await wire.seed(product_image(catalogue_dir, 0))
+    assert seed_error(seed) == (200, 15, "isp.remote-service-error")
+    assert isinstance(classify_seed(seed.status, seed.text, {}), TransientError)
+    stats = wire.sandbox.stats()
+    assert stats["faults"]["busy"] == 2 and stats["searches"] == {}
+
+
 async def test_fault_slow_still_answers(open_sandbox, catalogue_dir):
     wire = await open_sandbox(faults=Faults(slow=1.0, slow_seconds=0.05))
     assert (await wire.upload(product_image(catalogue_dir, 0))).status == 200
@@ -622,6 +637,8 @@ def test_flags_build_the_config():
             "0.1",
             "--fault-drop",
             "0.2",
+            "--fault-busy",
+            "0.3",
             "--fault-seed",
             "4",
         ]
@@ -630,7 +647,7 @@ def test_flags_build_the_config():
     assert config.rate == Rate(3, 2.0) and config.token_ttl == 5.0
     assert config.allow_ips == ("10.0.0.1", "10.0.0.2") and config.deny_apis == (SEED,)
     assert config.usage_limit == 9
-    assert config.faults == Faults(error_5xx=0.1, drop=0.2, seed=4)
+    assert config.faults == Faults(error_5xx=0.1, drop=0.2, busy=0.3, seed=4)
     with pytest.raises(SystemExit):
         parser.parse_args(["sandbox", "--fault-5xx", "1.5"])
 
@@ -675,3 +692,90 @@ def test_command_serves_until_interrupted(catalogue_dir):
     assert "  app secret    sandbox-secret\n" in lines
     assert out == "sandbox stopped\n"
     assert "Traceback" not in err
+
+
+# --- several apps ---------------------------------------------------------------------------
+
+OTHER = SandboxApp("other-app", "other-secret", "other-token", "other-refresh")
+
+
+async def test_each_app_has_its_own_window_token_and_stats(open_sandbox, catalogue_dir):
+    wire = await open_sandbox(rate=Rate(2, 30.0), extra_apps=(OTHER,))
+    image = product_image(catalogue_dir, 0)
+    mine = {"app_key": wire.config.app_key, "secret": wire.config.app_secret}
+    other = {"app_key": OTHER.app_key, "secret": OTHER.app_secret}
+    for _ in range(2):
+        assert (await wire.upload(image, **mine)).status == 200
+    assert ocean_error(await wire.upload(image, **mine)) == (400, "gw.QosAppFrequencyLimit")
+    # The first app's window is full; the other app's is its own.
+    assert ocean_error(await wire.upload(image, **other)) == (401, "401")  # the first's token
+    wire.token = OTHER.access_token
+    assert (await wire.upload(image, **other)).status == 200
+    assert (await wire.seed(image, **other)).status == 200
+    assert seed_error(await wire.seed(image, **other))[:2] == (429, 7)
+    assert seed_error(await wire.seed(image, **mine)) == (200, 27, None)  # the other's token
+    assert ocean_error(await wire.upload(image, app_key=OTHER.app_key)) == (
+        400,
+        "gw.SignatureInvalid",  # signed with the first app's secret
+    )
+    async with wire.session.get(wire.sandbox.url + "/__sandbox__/stats") as resp:
+        apps = (await resp.json())["apps"]
+    assert set(apps) == {wire.config.app_key, OTHER.app_key}
+    first, second = apps[wire.config.app_key], apps[OTHER.app_key]
+    assert first["calls"] == {UPLOAD: 3, SEED: 1} and first["rate_limited"] == 1
+    assert second["calls"] == {UPLOAD: 3, SEED: 2} and second["rate_limited"] == 1
+    assert len(first["arrivals"]) == len(second["arrivals"]) == 2
+    assert second["api_arrivals"] == {UPLOAD: second["arrivals"][:1], SEED: second["arrivals"][1:]}
+    assert wire.sandbox.stats()["rate_limited"] == 2
+
+
+async def test_an_app_refreshes_its_own_token_and_has_its_own_usage(open_sandbox, catalogue_dir):
+    limited = replace(OTHER, usage_limit=1)
+    wire = await open_sandbox(extra_apps=(limited,))
+    image = product_image(catalogue_dir, 0)
+    form = {
+        "grant_type": "refresh_token",
+        "client_id": OTHER.app_key,
+        "client_secret": OTHER.app_secret,
+        "refresh_token": "other-refresh",
+    }
+    path = f"/openapi/http/1/system.oauth2/getToken/{OTHER.app_key}"
+    assert (await wire.post(path, {**form, "client_secret": wire.config.app_secret})).status == 401
+    reply = await wire.post(path, form)
+    assert reply.status == 200
+    wire.token = reply.json()["access_token"]
+    other = {"app_key": OTHER.app_key, "secret": OTHER.app_secret}
+    assert (await wire.upload(image, **other)).status == 200
+    assert ocean_error(await wire.upload(image, **other)) == (400, "gw.NoUsageLeftError")
+    # The first app's token and usage are untouched by the other's.
+    wire.token = wire.config.access_token
+    assert (await wire.upload(image)).status == 200
+    assert (await wire.upload(image)).status == 200
+
+
+async def test_an_api_with_a_window_of_its_own(open_sandbox, catalogue_dir):
+    wire = await open_sandbox(rate=Rate(5, 30.0), api_rates={UPLOAD: Rate(1, 30.0)})
+    image = product_image(catalogue_dir, 0)
+    assert (await wire.upload(image)).status == 200
+    assert ocean_error(await wire.upload(image)) == (400, "gw.QosAppFrequencyLimit")
+    # The other APIs share the app's window, which the upload did not use.
+    for _ in range(5):
+        assert (await wire.seed(image)).status == 200
+    assert (await wire.seed(image)).status == 429
+
+
+def test_flags_add_apps():
+    parser = argparse.ArgumentParser()
+    sandbox_command.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["sandbox", "--extra-app", "k2:s2:t2", "--extra-app", "k3:s3:t3:r3"])
+    config = sandbox_command.config_from_args(args)
+    assert config.extra_apps == (SandboxApp("k2", "s2", "t2"), SandboxApp("k3", "s3", "t3", "r3"))
+    assert [app.app_key for app in config.apps] == [config.app_key, "k2", "k3"]
+    assert "s2" not in repr(config.extra_apps) and "t2" not in repr(config.extra_apps)
+    for bad in ("k2:s2", "k2::t2", "a:b:c:d:e"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["sandbox", "--extra-app", bad])
+    with pytest.raises(ValueError, match="distinct app keys"):
+        sandbox_command.config_from_args(
+            parser.parse_args(["sandbox", "--extra-app", f"{config.app_key}:s:t"])
+        )

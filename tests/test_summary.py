@@ -39,7 +39,7 @@ async def test_summary_and_manifest_count_this_run(state: StateStore, tmp_path: 
     ]
     state.exported(parts, [(run.run_id, "a.jpg")])
     gate = CallGate(Rate(1000, 1.0))
-    account = CallAccount(state, run.run_id, gate)
+    account = CallAccount(state, run.run_id, gate.budget, str(gate.rate))
     await gate.acquire()
     discovery = DiscoveryReport(unreadable=[f"bad{i}" for i in range(30)], symlink_loops=2)
 

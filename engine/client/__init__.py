@@ -9,14 +9,16 @@ public API (``__all__``) is re-exported here from the modules that define it:
 - :mod:`engine.client.classify`: pure answer classification onto :mod:`engine.errors`.
 - :mod:`engine.client.fixes`: the fix-it sentences that fatal errors carry.
 - :mod:`engine.client.gateway`: :class:`GatewayClient`, :class:`RetryPolicy` and
-  :class:`SearchResult`; the calls, their call-gate reservation, retries and token refresh.
+  :class:`SearchResult`; the calls, their call-gate reservation, retries and token refresh;
+  :func:`client_session` (sessions that tell an attempt that sent nothing) and
+  :class:`Contact` (whether the gateway has answered yet, shared by a job's clients).
 
 API names, url paths and :data:`ProtocolName` live in :mod:`engine.protocol`; the ones
 re-exported here are there for the callers that imported them from the client.
 """
 
 from engine.client.classify import classify_ocean, classify_seed, parse_retry_after
-from engine.client.gateway import GatewayClient, RetryPolicy, SearchResult
+from engine.client.gateway import Contact, GatewayClient, RetryPolicy, SearchResult, client_session
 from engine.client.requests import (
     SearchFilters,
     form_urlencode,
@@ -40,6 +42,7 @@ __all__ = [
     "OCEAN_UPLOAD",
     "SEED_API",
     "SEED_PATH",
+    "Contact",
     "GatewayClient",
     "ProtocolName",
     "RetryPolicy",
@@ -47,6 +50,7 @@ __all__ = [
     "SearchResult",
     "classify_ocean",
     "classify_seed",
+    "client_session",
     "form_urlencode",
     "ocean_path",
     "ocean_query_params",

@@ -16,17 +16,21 @@ IP_FIX = "add this machine's public IP to the app's IP whitelist in the 1688 con
 USAGE_FIX = "the app's API quota is used up; wait for it to reset or buy more"
 CLOCK_FIX = "sync this machine's clock (NTP): the gateway allows only a few minutes of skew"
 PARAM_FIX = "the request was malformed: check page_size (1..50) and the filters, else report a bug"
+UNREACHABLE_FIX = (
+    "check gateway.endpoint (the URL), that this machine resolves its host name (DNS), and the "
+    "route or proxy from this machine to it"
+)
 
 
-def _acl_fix(api: str) -> str:
+def acl_fix(api: str) -> str:
     return f"apply for permission to {api} in the 1688 console"
 
 
-def _unsupported_fix(api: str) -> str:
+def unsupported_fix(api: str) -> str:
     return f"the gateway does not offer {api}: check the protocol and the base URL"
 
 
-def _unknown_fix(status: int) -> str:
+def unknown_fix(status: int) -> str:
     return (
         f"the gateway answered HTTP {status} with an error this client does not know: "
         "check the base URL, and quote the request_id to 1688 support"

@@ -4,12 +4,24 @@
 behind :class:`GatewayClient`, whose :meth:`~GatewayClient.search` returns the query answer
 verbatim.
 
-Every search first reserves the calls it needs from the shared
-:class:`~engine.ratelimit.CallGate`, and every HTTP attempt, retries included, then takes a slot
-drawn from that reservation. Rate-limit answers and transient failures are retried with
-exponential back-off (honouring ``Retry-After``); an expired access token is refreshed once;
-everything else is raised as the :mod:`engine.errors` class that says what to do next, as
+A client speaks for one app. Every search first reserves the calls it needs from the run's
+:class:`~engine.ratelimit.CallBudget`, and every HTTP attempt, retries included, then takes a
+slot of the app's gate for its API (:class:`~engine.ratelimit.AppGates`), drawn from that
+reservation. Rate-limit answers and transient failures are retried with exponential back-off
+(honouring ``Retry-After``); an expired access token is refreshed once; everything else is
+raised as the :mod:`engine.errors` class that says what to do next, as
 :mod:`engine.client.classify` decides.
+
+Transport failures are told apart from aiohttp's exception types: a DNS, connect or TLS
+failure is :class:`~engine.errors.Unreachable`; a timeout or a dropped connection is a plain
+:class:`~engine.errors.TransientError`. As long as the gateway has never answered since the job
+started, a call that still cannot reach it after its retries raises
+:class:`~engine.errors.GatewayUnreachable`, which stops the job at once.
+
+Whether an attempt counts is decided by what it provably did, not by how it failed: sessions
+from :func:`client_session` trace each request, and an attempt that ended (failed, or was
+cancelled) before it had a connection sent nothing, so its slot is refunded to its gate and the
+budget. Anything later counts, as the gateway may have seen it.
 """
 
 from __future__ import annotations
@@ -17,10 +29,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -41,7 +55,7 @@ from engine.client.classify import (
     classify_ocean,
     classify_seed,
 )
-from engine.client.fixes import TOKEN_FIX
+from engine.client.fixes import TOKEN_FIX, UNREACHABLE_FIX
 from engine.client.requests import (
     SearchFilters,
     form_urlencode,
@@ -56,9 +70,11 @@ from engine.errors import (
     RETRYABLE,
     FatalGatewayError,
     GatewayError,
+    GatewayUnreachable,
     RateLimited,
     TokenExpired,
     TransientError,
+    Unreachable,
     redact,
 )
 from engine.protocol import (
@@ -73,7 +89,7 @@ from engine.protocol import (
     ProtocolName,
     ocean_path,
 )
-from engine.ratelimit import CallGate, Reservation
+from engine.ratelimit import AppGates, CallGate, Reservation
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +130,58 @@ class SearchResult:
 
 
 @dataclass
+class _Probe:
+    """What tracing saw of one HTTP attempt (see :func:`client_session`)."""
+
+    traced: bool = False
+    """The session traces requests: without that, nothing is known and the attempt counts."""
+    connected: bool = False
+    """A connection was made or reused: from then on the request may reach the gateway."""
+
+    @property
+    def never_sent(self) -> bool:
+        """Provably nothing of the request left this machine."""
+        return self.traced and not self.connected
+
+
+async def _request_started(
+    session: aiohttp.ClientSession, context: SimpleNamespace, params: object
+) -> None:
+    if isinstance(context.trace_request_ctx, _Probe):
+        context.trace_request_ctx.traced = True
+
+
+async def _connected(
+    session: aiohttp.ClientSession, context: SimpleNamespace, params: object
+) -> None:
+    if isinstance(context.trace_request_ctx, _Probe):
+        context.trace_request_ctx.connected = True
+
+
+def client_session(**options: Any) -> aiohttp.ClientSession:
+    """An aiohttp session (``options`` as for ``aiohttp.ClientSession``) whose requests report
+    whether they got a connection, so that an attempt that ended before it had one is known to
+    have sent nothing. Clients given another session count every attempt."""
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(_request_started)
+    # Fired once the connection (TLS included) is made, or an idle one taken, and before any
+    # byte of the request is written.
+    trace.on_connection_create_end.append(_connected)
+    trace.on_connection_reuseconn.append(_connected)
+    return aiohttp.ClientSession(trace_configs=[trace], **options)
+
+
+@dataclass
+class Contact:
+    """Whether the gateway has answered anything (any HTTP answer) since the job started; shared
+    by the clients of every app of a job, which call the same endpoint from the same machine."""
+
+    reached: bool = False
+    warned: bool = False
+    """A failure to reach it was logged: once is enough while the retries go on."""
+
+
+@dataclass
 class _Tally:
     """Per-search bookkeeping shared by the attempts of its calls."""
 
@@ -142,19 +210,23 @@ class GatewayClient:
     """Image search against one gateway, with signing, retries and token refresh.
 
     Use as ``async with GatewayClient(...) as client: await client.search(jpeg, filters)``.
-    Concurrent searches may share one client; they share its gate, session and token.
+    Concurrent searches may share one client; they share its gates, session and token.
 
     Args:
         base_url: ``https://gw.open.1688.com`` or a sandbox such as ``http://127.0.0.1:PORT``.
         protocol: ``"ocean"`` or ``"seed"``.
-        credentials: app key, secret and tokens.
-        gate: admits every HTTP attempt, each search's from a reservation of
-            :attr:`calls_per_search` calls; shared with every client of the same gateway.
+        credentials: app key, secret and tokens of the one app this client speaks for.
+        gate: the app's gate (one window for every API), or its :class:`AppGates` (a window per
+            API); admits every HTTP attempt, each search's from a reservation of
+            :attr:`calls_per_search` calls of the gates' budget.
         retry: attempts, back-off and timeout per call.
         token_store: where refreshed tokens are kept and read back; a valid stored token is
             preferred to ``credentials.access_token``.
-        session: an aiohttp session to use (not closed by the client); by default the client
-            opens its own on ``__aenter__`` and closes it on ``__aexit__``.
+        session: an aiohttp session to use (not closed by the client), best from
+            :func:`client_session`; by default the client opens its own on ``__aenter__`` and
+            closes it on ``__aexit__``.
+        contact: whether the gateway has answered yet, shared by the clients of one job; by
+            default the client's own.
     """
 
     def __init__(
@@ -163,10 +235,11 @@ class GatewayClient:
         base_url: str,
         protocol: ProtocolName,
         credentials: Credentials,
-        gate: CallGate,
+        gate: CallGate | AppGates,
         retry: RetryPolicy = RetryPolicy(),
         token_store: TokenStore | None = None,
         session: aiohttp.ClientSession | None = None,
+        contact: Contact | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -176,7 +249,8 @@ class GatewayClient:
         self.base_url = base_url.rstrip("/")
         self.protocol: ProtocolName = protocol
         self._credentials = credentials
-        self._gate = gate
+        self._gates = gate if isinstance(gate, AppGates) else AppGates(gate)
+        self._contact = contact or Contact()
         self._retry = retry
         self._store = token_store
         self._session = session
@@ -208,9 +282,25 @@ class GatewayClient:
         """HTTP calls one search spends when nothing is retried: upload + query, or one."""
         return 2 if self.protocol == "ocean" else 1
 
+    @property
+    def credentials(self) -> Credentials:
+        """The app this client speaks for (its ``repr`` shows no secret)."""
+        return self._credentials
+
+    @property
+    def gates(self) -> AppGates:
+        """The app's call gates."""
+        return self._gates
+
+    def free_at(self) -> float:
+        """When this app's gate for a search's first call would admit one asked for now (see
+        :meth:`CallGate.free_at <engine.ratelimit.CallGate.free_at>`)."""
+        first = SEED_API if self.protocol == "seed" else OCEAN_UPLOAD
+        return self._gates.for_api(first).free_at()
+
     async def __aenter__(self) -> GatewayClient:
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            self._session = client_session()
             self._owns_session = True
         return self
 
@@ -229,20 +319,25 @@ class GatewayClient:
     async def search(self, jpeg: bytes, filters: SearchFilters) -> SearchResult:
         """Search the catalogue for ``jpeg``; return the query answer verbatim.
 
-        The search first reserves :attr:`calls_per_search` calls of the gate's budget (see
-        :meth:`CallGate.reserve <engine.ratelimit.CallGate.reserve>`) and draws every attempt
-        from that reservation, so a budget never runs out between an upload and its query.
-        Retries beyond the reservation draw on whatever budget is left.
+        The search first reserves :attr:`calls_per_search` calls of the gates' budget (see
+        :meth:`CallBudget.reserve <engine.ratelimit.CallBudget.reserve>`) and draws every
+        attempt from that reservation, so a budget never runs out between an upload and its
+        query. Retries beyond the reservation draw on whatever budget is left; an attempt that
+        ended before it had a connection (a DNS or connect failure, or a cancellation then) is
+        refunded.
 
         Raises:
             BudgetExhausted: at once, before any call (and before any token refresh), when the
                 budget less the calls other searches hold in reservation is below
                 ``calls_per_search``; or later, when retries have spent the whole budget.
-            RateLimited, TransientError: still failing after ``retry.attempts`` attempts.
-            FatalGatewayError: the job cannot go on (see its ``fix``).
+            RateLimited, TransientError: still failing after ``retry.attempts`` attempts
+                (:class:`~engine.errors.Unreachable` included, once the gateway has answered).
+            GatewayUnreachable: every attempt failed to reach the gateway, which has never
+                answered since the job started.
+            FatalGatewayError: the job (or, per its ``fix``, this app) cannot go on.
             ImageRejected: the gateway refused this image.
         """
-        with self._gate.reserve(self.calls_per_search) as reservation:
+        with self._gates.budget.reserve(self.calls_per_search) as reservation:
             tally = _Tally(reservation)
             if self.protocol == "seed":
                 answer = await self._call(SEED_API, self._seed_builder(jpeg, filters), tally)
@@ -304,7 +399,22 @@ class GatewayClient:
     async def _call(
         self, api: str, build: Builder, tally: _Tally, check: Check | None = None
     ) -> _Answer:
-        """One API call: retried on RETRYABLE, and once more after a token refresh."""
+        """One API call: retried on RETRYABLE, and once more after a token refresh; a gateway
+        never reached since the job started is fatal."""
+        try:
+            return await self._call_refreshing(api, build, tally, check)
+        except Unreachable as error:
+            if self._contact.reached:
+                raise  # the gateway answered before: a passing network failure
+            raise GatewayUnreachable(
+                error.code,
+                redact(f"{self.base_url}: {error.message}", self._secrets()),
+                fix=UNREACHABLE_FIX,
+            ) from None
+
+    async def _call_refreshing(
+        self, api: str, build: Builder, tally: _Tally, check: Check | None
+    ) -> _Answer:
         if self._access_token is None:
             await self._refresh(None, cause=None)
         try:
@@ -338,27 +448,39 @@ class GatewayClient:
     async def _attempt(
         self, api: str, build: Builder, tally: _Tally, check: Check | None
     ) -> _Answer:
-        await self._gate.acquire(tally.reservation)
+        gate = self._gates.for_api(api)
+        admission = await gate.acquire(tally.reservation)
         token = self._access_token
         assert token is not None  # _call refreshes first when there is none
         url, form = build(token)
         tally.calls += 1
         tally.token = token
-        answer = await self._post(api, url, form)
+        probe = _Probe()
+        try:
+            answer = await self._post(api, url, form, probe)
+        except BaseException:  # a cancellation too: the run may stop during a DNS lookup
+            if probe.never_sent:
+                # No request left this machine: the gateway counted nothing, so neither do we.
+                gate.refund(admission)
+                tally.calls -= 1
+            raise
         classify = classify_seed if self.protocol == "seed" else classify_ocean
         error = classify(
             answer.status, answer.body, answer.headers, api=api, secrets=self._secrets()
         )
         if isinstance(error, RateLimited):
-            self._gate.pause(error.retry_after or self._gate.spacing)
+            gate.pause(error.retry_after or gate.spacing)
         if error is not None:
             raise error
         if check is not None:
             check(answer, self._secrets())
         return answer
 
-    async def _post(self, api: str, url: str, form: Mapping[str, str]) -> _Answer:
-        """POST ``form``; transport failures become :class:`TransientError`."""
+    async def _post(
+        self, api: str, url: str, form: Mapping[str, str], probe: _Probe | None = None
+    ) -> _Answer:
+        """POST ``form``; transport failures become :class:`TransientError`, and those that
+        did not reach the gateway the :class:`Unreachable` kind (see the module doc)."""
         if self._session is None:
             raise RuntimeError("use the client as `async with GatewayClient(...) as client`")
         started = time.monotonic()
@@ -367,10 +489,22 @@ class GatewayClient:
             body = form_urlencode(form)
             headers = {"Content-Type": "application/x-www-form-urlencoded"}
             async with self._session.post(
-                url, data=body, headers=headers, timeout=timeout
+                url, data=body, headers=headers, timeout=timeout, trace_request_ctx=probe
             ) as response:
+                self._contact.reached = True
                 raw = await response.read()
                 answer = _Answer(response.status, raw.decode("utf-8"), response.headers)
+        except aiohttp.ClientConnectorError as exc:
+            log.debug("%s: %s after %.3fs", api, type(exc).__name__, time.monotonic() - started)
+            unreachable = _unreachable(exc)
+            if not self._contact.reached and not self._contact.warned:
+                self._contact.warned = True
+                log.warning(
+                    "cannot reach %s (%s); retrying, and stopping if it never answers",
+                    self.base_url,
+                    unreachable.message,
+                )
+            raise unreachable from None
         except (TimeoutError, aiohttp.ServerTimeoutError):
             log.debug("%s: timeout after %.3fs", api, time.monotonic() - started)
             raise TransientError("timeout", f"no answer within {self._retry.timeout:g}s") from None
@@ -405,10 +539,15 @@ class GatewayClient:
                 wait=self._wait,
                 reraise=True,
             )
+            # tenacity types the call's result as a free TypeVar: these annotations bind it.
+            token: str
+            refresh: str
+            expires_at: float | None
             try:
                 token, refresh, expires_at = await retrying(self._get_token)
-            except FatalGatewayError:
-                raise  # already says what to fix (IP whitelist, app key ...)
+            except (FatalGatewayError, Unreachable):
+                # Already says what to fix (IP whitelist, app key ...), or the network's fault.
+                raise
             except GatewayError as failed:
                 raise self._token_fatal(failed) from None
             self._replaced.extend(t for t in (self._access_token, self._refresh_token) if t)
@@ -458,6 +597,24 @@ class GatewayClient:
             status=error.status,
             request_id=error.request_id,
         )
+
+
+def _unreachable(exc: aiohttp.ClientConnectorError) -> Unreachable:
+    """The failure to open a connection (aiohttp reports a TLS failure as one too), by kind."""
+    where = f"{exc.host}:{exc.port}"
+    cause = exc.os_error
+    if isinstance(exc, aiohttp.ClientSSLError):
+        # An ssl error's errno is the TLS library's, not the OS's: its text says what failed.
+        reason = str(cause) or type(cause).__name__
+        return Unreachable("tls", f"TLS with {where} failed: {reason}")
+    # A refused connection's strerror is asyncio's "Connect call failed"; its errno says why.
+    if isinstance(cause.errno, int) and cause.errno > 0:
+        reason = os.strerror(cause.errno)
+    else:
+        reason = exc.strerror or type(cause).__name__
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return Unreachable("dns", f"the host name {exc.host} does not resolve: {reason}")
+    return Unreachable("connect", f"cannot connect to {where}: {reason}")
 
 
 def _log_retry(state: RetryCallState) -> None:

@@ -19,13 +19,13 @@ from engine.protocol import (
     ocean_path,
 )
 from engine.ratelimit import Rate
-from engine.sandbox import Faults, Sandbox, SandboxConfig
+from engine.sandbox import Faults, Sandbox, SandboxApp, SandboxConfig
 from engine.sandbox.catalogue import DEFAULT_CATALOGUE
 
 DEFAULTS = SandboxConfig()
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``img1688 sandbox``."""
     parser = subparsers.add_parser(
         "sandbox",
@@ -52,6 +52,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--app-secret", default=DEFAULTS.app_secret)
     parser.add_argument("--access-token", default=DEFAULTS.access_token)
     parser.add_argument("--refresh-token", default=DEFAULTS.refresh_token)
+    parser.add_argument(
+        "--extra-app",
+        action="append",
+        type=_extra_app,
+        default=[],
+        metavar="KEY:SECRET:TOKEN[:REFRESH]",
+        help="one more app the sandbox knows, with its own rate window, token and usage"
+        " (repeatable; the parts cannot contain ':')",
+    )
     parser.add_argument(
         "--token-ttl",
         type=_positive,
@@ -83,13 +92,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     faults.add_argument("--fault-malformed", type=_share, default=0.0, metavar="SHARE")
     faults.add_argument("--fault-drop", type=_share, default=0.0, metavar="SHARE")
     faults.add_argument("--fault-rate-limit", type=_share, default=0.0, metavar="SHARE")
+    faults.add_argument("--fault-busy", type=_share, default=0.0, metavar="SHARE")
     faults.add_argument("--fault-seed", type=int, default=0, metavar="N")
     parser.set_defaults(func=handle)
 
 
 def config_from_args(args: argparse.Namespace) -> SandboxConfig:
     """The :class:`SandboxConfig` the parsed flags describe. Raises ``ValueError`` if they
-    contradict each other (fault shares summing over 1)."""
+    contradict each other (fault shares summing over 1, an app key given twice)."""
     return SandboxConfig(
         host=args.host,
         port=args.port,
@@ -99,6 +109,7 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         app_secret=args.app_secret,
         access_token=args.access_token,
         refresh_token=args.refresh_token,
+        extra_apps=tuple(args.extra_app),
         token_ttl=args.token_ttl,
         allow_ips=tuple(args.allow_ip),
         deny_apis=tuple(args.deny_api),
@@ -110,6 +121,7 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
             malformed=args.fault_malformed,
             drop=args.fault_drop,
             spurious_rate_limit=args.fault_rate_limit,
+            busy=args.fault_busy,
             seed=args.fault_seed,
         ),
     )
@@ -162,6 +174,11 @@ def _banner(sandbox: Sandbox) -> str:
         f"  app secret    {config.app_secret}",
         f"  access token  {config.access_token}",
         f"  refresh token {config.refresh_token}",
+        *(
+            f"  extra app     {app.app_key}  secret {app.app_secret}  token {app.access_token}"
+            + (f"  refresh {app.refresh_token}" if app.refresh_token else "")
+            for app in config.extra_apps
+        ),
         f"rate limit {config.rate} per app key; stats at {base}/__sandbox__/stats",
         "endpoints:",
         f"  ocean upload  POST {openapi}{ocean_path(OCEAN_UPLOAD, key)}",
@@ -178,6 +195,16 @@ def _rate(text: str) -> Rate:
         return Rate.parse(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _extra_app(text: str) -> SandboxApp:
+    parts = text.split(":")
+    if len(parts) not in (3, 4) or not all(parts):
+        raise argparse.ArgumentTypeError(
+            "--extra-app takes KEY:SECRET:TOKEN or KEY:SECRET:TOKEN:REFRESH, no part empty"
+        )
+    key, secret, token, *refresh = parts
+    return SandboxApp(key, secret, token, refresh[0] if refresh else None)
 
 
 def _share(text: str) -> float:

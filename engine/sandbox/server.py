@@ -6,6 +6,10 @@ body and query string merged), timestamp skew, access token, API ACL, the rate w
 limit. A call that passes them all is *admitted*: it enters the rate window and the usage count,
 and only then may an injected fault replace its answer (a real gateway counts a call that later
 fails with a 5xx). Admitted calls then meet the business checks: image rules, page size, image id.
+
+The sandbox may know several apps (:attr:`SandboxConfig.extra_apps`): each has its own secret,
+live access token, refresh token, rate window(s) and usage count, as a gateway that counts calls
+per app key.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import secrets
 import time
 import warnings
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -74,6 +78,18 @@ DEFAULT_RATE = Rate(10, 60.0)
 
 
 @dataclass(frozen=True)
+class SandboxApp:
+    """An app the sandbox knows. ``repr`` shows only its key."""
+
+    app_key: str
+    app_secret: str = field(repr=False)
+    access_token: str = field(repr=False)
+    refresh_token: str | None = field(default=None, repr=False)
+    usage_limit: int | None = None
+    """Admitted calls of this app after which no usage is left (``None``: unlimited)."""
+
+
+@dataclass(frozen=True)
 class SandboxConfig:
     """How the sandbox gateway behaves.
 
@@ -81,13 +97,20 @@ class SandboxConfig:
         host, port: where to listen; port 0 picks a free one.
         catalogue_dir: the product catalogue searched by image.
         rate: strict sliding window per app key over admitted ``param2`` calls, both protocols.
-        app_key, app_secret, access_token, refresh_token: the one app the sandbox knows.
+        api_rates: API name -> a strict window of its own per app key, for the APIs a gateway
+            counts separately; the other APIs share ``rate``'s window.
+        app_key, app_secret, access_token, refresh_token: the sandbox's first app.
+        extra_apps: further apps, each with its own secret, tokens, windows and usage limit.
         token_ttl: seconds an access token lives (``None``: forever).
         allow_ips: client IPs allowed to call; empty allows every IP.
         deny_apis: API names answered with an ACL decline.
-        usage_limit: admitted calls after which no usage is left (``None``: unlimited).
+        usage_limit: admitted calls of the first app after which no usage is left (``None``:
+            unlimited); an extra app has its own.
         max_side, max_image_bytes: image rules applied to the decoded upload.
         faults: injected misbehaviour.
+
+    Raises:
+        ValueError: an app key is listed twice.
     """
 
     host: str = "127.0.0.1"
@@ -105,6 +128,21 @@ class SandboxConfig:
     max_side: int = 800
     max_image_bytes: int = 2_000_000
     faults: Faults = field(default_factory=Faults)
+    extra_apps: tuple[SandboxApp, ...] = ()
+    api_rates: Mapping[str, Rate] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        keys = [app.app_key for app in self.apps]
+        if len(set(keys)) != len(keys):
+            raise ValueError("the sandbox's apps need distinct app keys")
+
+    @property
+    def apps(self) -> tuple[SandboxApp, ...]:
+        """Every app the sandbox knows, the first one first."""
+        first = SandboxApp(
+            self.app_key, self.app_secret, self.access_token, self.refresh_token, self.usage_limit
+        )
+        return (first, *self.extra_apps)
 
 
 DEFAULT_CONFIG = SandboxConfig()
@@ -127,10 +165,39 @@ class _Drop:
 DROP = _Drop()
 
 
-class _Stats:
-    """Counters served at ``GET /__sandbox__/stats``."""
+class _AppStats:
+    """What one app's calls met, in the stats."""
 
     def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+        self.rate_limited = 0
+        self.arrivals: deque[float] = deque(maxlen=MAX_ARRIVALS)
+        self.api_arrivals: dict[str, deque[float]] = {}
+
+    def admitted(self, api: str, now: float) -> None:
+        self.arrivals.append(now)
+        self.api_arrivals.setdefault(api, deque(maxlen=MAX_ARRIVALS)).append(now)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "calls": dict(self.calls),
+            "total_calls": sum(self.calls.values()),
+            "rate_limited": self.rate_limited,
+            "arrivals": list(self.arrivals),
+            "api_arrivals": {api: list(times) for api, times in self.api_arrivals.items()},
+        }
+
+
+class _Stats:
+    """Counters served at ``GET /__sandbox__/stats``.
+
+    ``apps`` holds, per app key the sandbox knows, the ``param2`` and token calls that named it
+    (answered in any way), its rate-limit answers and the arrival times of its admitted calls
+    (all, and per API).
+    """
+
+    def __init__(self, app_keys: tuple[str, ...] = ()) -> None:
+        self._app_keys = app_keys
         self.reset()
 
     def reset(self) -> None:
@@ -141,9 +208,12 @@ class _Stats:
         self.faults: Counter[str] = Counter({key: 0 for key in FAULT_KEYS})
         self.rate_limited = 0
         self.arrivals: deque[float] = deque(maxlen=MAX_ARRIVALS)
+        self.apps = {key: _AppStats() for key in self._app_keys}
 
-    def record(self, api: str, answer: Answer | _Drop) -> None:
+    def record(self, api: str, answer: Answer | _Drop, app_key: str | None = None) -> None:
         self.calls[api] += 1
+        if app_key in self.apps:
+            self.apps[app_key].calls[api] += 1
         if isinstance(answer, Answer):
             self.statuses[str(answer.status)] += 1
             if answer.code is not None:
@@ -159,7 +229,33 @@ class _Stats:
             "rate_limited": self.rate_limited,
             "faults": dict(self.faults),
             "arrivals": list(self.arrivals),
+            "apps": {key: app.to_json() for key, app in self.apps.items()},
         }
+
+
+def most_in_window(arrivals: Iterable[float], period: float) -> int:
+    """The most ``arrivals`` in any window of ``period`` seconds, as the sandbox's rate window
+    counts them (an arrival leaves the window ``period`` seconds after it came): what a test or
+    a benchmark compares with the rate the sandbox enforces."""
+    times = sorted(arrivals)
+    most, start = 0, 0
+    for end, now in enumerate(times):
+        while times[start] <= now - period:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+class _AppState:
+    """What the sandbox holds for one app: its live token, its windows and its usage."""
+
+    def __init__(self, app: SandboxApp, born: float) -> None:
+        self.app = app
+        self.token = app.access_token
+        self.token_born = born
+        self.windows: dict[str, deque[float]] = {}
+        """Admission times by window: an API with a window of its own, or "" for the rest."""
+        self.admitted = 0
 
 
 class Gateway:
@@ -182,14 +278,11 @@ class Gateway:
     ) -> None:
         self.config = config
         self.catalogue = catalogue
-        self.stats = _Stats()
+        self.stats = _Stats(tuple(app.app_key for app in config.apps))
         self._executor = executor
         self._clock = clock
-        self._token = config.access_token
-        self._token_born = clock()
-        # One window, because the sandbox knows one app key and both protocols share it.
-        self._window: deque[float] = deque()
-        self._admitted = 0
+        # Windows, tokens and usage per app key; both protocols share an app's.
+        self._apps = {app.app_key: _AppState(app, clock()) for app in config.apps}
         self._uploads: OrderedDict[str, _Upload] = OrderedDict()
         self._faults = FaultPicker(config.faults)
 
@@ -200,21 +293,24 @@ class Gateway:
         started = self._clock()
         parts = request.match_info["tail"].split("/")
         params = await _params(request)
+        app_key: str | None = None  # the app the call names, for the per-app stats
         if parts[:1] == ["param2"] and len(parts) == 5:
             _, version, namespace, api, app_key = parts
             answer = await self._ocean(request, params, version, namespace, api, app_key)
         elif parts[:1] == ["param2"] and len(parts) == 4:
             api = parts[2]
+            app_key = params.get("app_key")
             answer = await self._seed(request, params, api)
         elif parts[:-1] == _TOKEN_PATH_PARTS:
             api = TOKEN_API
+            app_key = parts[4]
             answer = self._get_token(request, params, parts[4])
         elif parts[:1] == ["param2"]:
             api = "/".join(parts[2:])
             answer = formats.ocean_error(400, "gw.APIUnsupported", f"api {api!r} is unsupported")
         else:
             raise web.HTTPNotFound()
-        self.stats.record(api, answer)
+        self.stats.record(api, answer, app_key)
         elapsed_ms = (self._clock() - started) * 1000
         if isinstance(answer, _Drop):
             log.debug("%s %s -> dropped (%.1f ms)", request.method, request.path, elapsed_ms)
@@ -248,13 +344,15 @@ class Gateway:
         return web.json_response({"reset": True})
 
     async def _gatekeep(
-        self, protocol: ProtocolName, api: str, refusal: Answer | None
+        self, protocol: ProtocolName, api: str, refusal: Answer | None, app_key: str | None
     ) -> Answer | _Drop | None:
         """What every call meets before its API, in both protocols: a refusal from the checks,
-        else admission (rate window, usage count), else an injected fault. ``None``: serve it."""
+        else admission (rate window, usage count of the app), else an injected fault.
+        ``None``: serve it. ``app_key`` is known to the sandbox unless there is a refusal."""
         if refusal is not None:
             return refusal
-        gate = self._admit(protocol, api)
+        assert app_key is not None  # the checks refuse a call that names no known app
+        gate = self._admit(self._apps[app_key], protocol, api)
         if isinstance(gate, Answer):
             return gate
         return await self._misbehave(protocol, gate)
@@ -271,7 +369,7 @@ class Gateway:
         app_key: str,
     ) -> Answer | _Drop:
         refusal = self._ocean_refusal(request, params, version, namespace, api, app_key)
-        blocked = await self._gatekeep("ocean", api, refusal)
+        blocked = await self._gatekeep("ocean", api, refusal, app_key)
         if blocked is not None:
             return blocked
         if api == OCEAN_UPLOAD:
@@ -289,7 +387,8 @@ class Gateway:
     ) -> Answer | None:
         if not self._ip_allowed(request):
             return formats.ocean_error(403, "gw.IpNotInWhiteList", "ip not in white list")
-        if app_key != self.config.app_key:
+        app = self._apps.get(app_key)
+        if app is None:
             return formats.ocean_error(400, "gw.AppKeyNotFound", f"app key {app_key} not found")
         if version != OCEAN_VERSION or namespace != OCEAN_NAMESPACE or api not in OCEAN_APIS:
             return formats.ocean_error(
@@ -299,7 +398,7 @@ class Gateway:
         if not signature:
             return formats.ocean_error(400, "gw.SignatureMissing", "signature is missing")
         url_path = f"param2/{version}/{namespace}/{api}/{app_key}"
-        expected = ocean_signature(url_path, params, self.config.app_secret)
+        expected = ocean_signature(url_path, params, app.app.app_secret)
         if not _same(signature, expected):
             return formats.ocean_error(400, "gw.SignatureInvalid", "signature is invalid")
         stamp = params.get("_aop_timestamp")
@@ -307,7 +406,7 @@ class Gateway:
             return formats.ocean_error(
                 400, "gw.TimestampInvalid", "_aop_timestamp is off by more than 10 minutes"
             )
-        if not self._token_valid(params.get("access_token")):
+        if not self._token_valid(app, params.get("access_token")):
             return formats.ocean_error(401, "401", "Request need user authorized")
         return None
 
@@ -361,7 +460,8 @@ class Gateway:
     # --- seed -------------------------------------------------------------------------------
 
     async def _seed(self, request: web.Request, params: dict[str, str], api: str) -> Answer | _Drop:
-        blocked = await self._gatekeep("seed", api, self._seed_refusal(request, params, api))
+        refusal = self._seed_refusal(request, params, api)
+        blocked = await self._gatekeep("seed", api, refusal, params.get("app_key"))
         if blocked is not None:
             return blocked
         return await self._seed_search(params)
@@ -376,21 +476,22 @@ class Gateway:
         app_key = params.get("app_key")
         if not app_key:
             return formats.seed_error(200, 28, "Missing app key")
-        if app_key != self.config.app_key:
+        app = self._apps.get(app_key)
+        if app is None:
             return formats.seed_error(200, 29, "Invalid app Key")
         if api != SEED_API or params.get("method") != SEED_API:
             return formats.seed_error(200, 22, "Invalid method")
         signature = params.get(SEED_SIGNATURE_PARAM)
         if not signature:
             return formats.seed_error(200, 24, "Missing signature")
-        if not _same(signature, seed_signature(params, self.config.app_secret)):
+        if not _same(signature, seed_signature(params, app.app.app_secret)):
             return formats.seed_error(200, 25, "Invalid signature")
         if not _fresh_gmt8(params.get("timestamp")):
             return formats.seed_error(200, 31, "Invalid timestamp")
         token = params.get("access_token")
         if not token:
             return formats.seed_error(200, 26, "Missing session")
-        if not self._token_valid(token):
+        if not self._token_valid(app, token):
             return formats.seed_error(200, 27, "Invalid session")
         return None
 
@@ -431,53 +532,60 @@ class Gateway:
     def _get_token(self, request: web.Request, params: dict[str, str], app_key: str) -> Answer:
         if not self._ip_allowed(request):
             return formats.ocean_error(403, "gw.IpNotInWhiteList", "ip not in white list")
-        if app_key != self.config.app_key:
+        app = self._apps.get(app_key)
+        if app is None:
             return formats.ocean_error(400, "gw.AppKeyNotFound", f"app key {app_key} not found")
         if params.get("grant_type") != "refresh_token":
             return formats.oauth_error(
                 400, "unsupported_grant_type", "grant_type must be refresh_token"
             )
-        client_ok = params.get("client_id") == self.config.app_key and _same(
-            params.get("client_secret", ""), self.config.app_secret
+        client_ok = params.get("client_id") == app_key and _same(
+            params.get("client_secret", ""), app.app.app_secret
         )
         if not client_ok:
             return formats.oauth_error(401, "invalid_client", "client_id or client_secret invalid")
-        refresh = self.config.refresh_token
+        refresh = app.app.refresh_token
         if refresh is None or not _same(params.get("refresh_token", ""), refresh):
             return formats.oauth_error(401, "invalid_grant", "refresh token invalid")
-        self._token = secrets.token_urlsafe(24)
-        self._token_born = self._clock()
-        return formats.ocean_token(self._token, refresh)
+        app.token = secrets.token_urlsafe(24)
+        app.token_born = self._clock()
+        return formats.ocean_token(app.token, refresh)
 
     # --- shared gateway checks --------------------------------------------------------------
 
     def _ip_allowed(self, request: web.Request) -> bool:
         return not self.config.allow_ips or request.remote in self.config.allow_ips
 
-    def _token_valid(self, token: str | None) -> bool:
-        if not token or not _same(token, self._token):
+    def _token_valid(self, app: _AppState, token: str | None) -> bool:
+        if not token or not _same(token, app.token):
             return False
         ttl = self.config.token_ttl
-        return ttl is None or self._clock() - self._token_born < ttl
+        return ttl is None or self._clock() - app.token_born < ttl
 
-    def _admit(self, protocol: ProtocolName, api: str) -> Answer | Decision:
-        """ACL, rate window and usage; an admitted call is counted and gets its fault draw."""
+    def _admit(self, app: _AppState, protocol: ProtocolName, api: str) -> Answer | Decision:
+        """ACL, the app's rate window for ``api`` and its usage; an admitted call is counted
+        and gets its fault draw."""
         if api in self.config.deny_apis:
             return formats.acl_declined(protocol, api)
         now = self._clock()
-        rate = self.config.rate
-        while self._window and self._window[0] <= now - rate.period:
-            self._window.popleft()
-        if len(self._window) >= rate.calls:
+        own = api in self.config.api_rates
+        rate = self.config.api_rates[api] if own else self.config.rate
+        window = app.windows.setdefault(api if own else "", deque())
+        while window and window[0] <= now - rate.period:
+            window.popleft()
+        stats = self.stats.apps[app.app.app_key]
+        if len(window) >= rate.calls:
             self.stats.rate_limited += 1
-            wait = math.ceil(self._window[0] + rate.period - now)
+            stats.rate_limited += 1
+            wait = math.ceil(window[0] + rate.period - now)
             return formats.rate_limited(protocol, max(1, wait))
-        limit = self.config.usage_limit
-        if limit is not None and self._admitted >= limit:
+        limit = app.app.usage_limit
+        if limit is not None and app.admitted >= limit:
             return formats.no_usage_left(protocol)
-        self._window.append(now)
-        self._admitted += 1
+        window.append(now)
+        app.admitted += 1
         self.stats.arrivals.append(now)
+        stats.admitted(api, now)
         return self._faults.decide()
 
     async def _misbehave(self, protocol: ProtocolName, decision: Decision) -> Answer | _Drop | None:
@@ -494,6 +602,8 @@ class Gateway:
             return formats.truncated(protocol)
         if decision.fault is Fault.DROP:
             return DROP
+        if decision.fault is Fault.BUSY:
+            return formats.busy(protocol)
         return formats.rate_limited(protocol, 1)
 
     async def _inspect(self, image_base64: str) -> _Upload:
