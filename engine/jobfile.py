@@ -7,25 +7,34 @@ a bad value is a :class:`~engine.errors.ConfigError` that names the key.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args, overload
+from urllib.parse import urlsplit
 
-from engine.clean import WholesaleFilters
+from engine.clean import FreightFilter, WholesaleFilters
 from engine.client import RetryPolicy, SearchFilters
 from engine.errors import ConfigError
-from engine.preprocess import PreprocessOptions
-from engine.protocol import PROTOCOLS, ProtocolName
+from engine.parsers import PRICE_LIMIT
+from engine.preprocess import PHOTO_EXTENSIONS, PreprocessOptions
+from engine.protocol import OCEAN_QUERY, OCEAN_UPLOAD, PROTOCOLS, SEED_API, ProtocolName
 from engine.ratelimit import Rate
+from engine.shard import UNSHARDED, Shard
 
-DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "bmp", "webp", "tif", "tiff")
+DEFAULT_EXTENSIONS = PHOTO_EXTENSIONS  # those of every format engine.preprocess decodes
 SANDBOX = "sandbox"
+MAX_TTL_DAYS = 100_000
+"""Largest ``engine.reuse_ttl_days``: about 270 years, far inside what a timedelta holds."""
 
 T = TypeVar("T")
+S = TypeVar("S", bound=str)
+
+_FREIGHT_FILTERS: tuple[FreightFilter, ...] = get_args(FreightFilter)
 
 
 @dataclass(frozen=True)
@@ -38,12 +47,44 @@ class Inputs:
 
 
 @dataclass(frozen=True)
+class ApiRates:
+    """``[gateway.rates]``: one window per API, for gateways that count each API on its own."""
+
+    upload: Rate | None = None
+    query: Rate | None = None
+    search: Rate | None = None
+
+    def by_api(self) -> dict[str, Rate]:
+        """API name -> its window, for the APIs given."""
+        named = {OCEAN_UPLOAD: self.upload, OCEAN_QUERY: self.query, SEED_API: self.search}
+        return {api: rate for api, rate in named.items() if rate is not None}
+
+    def __str__(self) -> str:
+        named = {"upload": self.upload, "query": self.query, "search": self.search}
+        return ", ".join(f"{name} {rate}" for name, rate in named.items() if rate is not None)
+
+
+@dataclass(frozen=True)
 class Gateway:
+    endpoint: str
+    """``"sandbox"`` (the embedded sandbox) or the gateway's base URL: never assumed, since a
+    run against the sandbox publishes a feed of made-up offers."""
     protocol: ProtocolName = "ocean"
-    endpoint: str = SANDBOX
     rate: Rate = Rate(10, 60.0)
     page_size: int = 20
     retry: RetryPolicy = RetryPolicy()
+    rates: ApiRates | None = None
+    """One window per API, instead of ``rate``'s one window for every API of an app."""
+
+    @property
+    def windows(self) -> Rate | dict[str, Rate]:
+        """What the call gates of each app enforce: ``rate``, or ``rates`` by API name."""
+        return self.rates.by_api() if self.rates is not None else self.rate
+
+    @property
+    def rate_text(self) -> str:
+        """The allowance of one app, as the summary shows it."""
+        return str(self.rates) if self.rates is not None else str(self.rate)
 
 
 @dataclass(frozen=True)
@@ -76,6 +117,9 @@ class Job:
     limit: int | None = None
     max_calls: int | None = None
     zstd_level: int = 6
+    shard: Shard = UNSHARDED
+    """Which photos this process takes (``--shard I/N``); not result-changing, since each shard
+    keeps its own checkpoints."""
 
     @property
     def search_filters(self) -> SearchFilters:
@@ -118,8 +162,11 @@ class Job:
         limit: int | None = None,
         max_calls: int | None = None,
         rate: Rate | None = None,
+        shard: Shard | None = None,
     ) -> Job:
         job = self
+        if shard is not None:
+            job = replace(job, shard=shard)
         if out is not None:
             job = replace(job, out=out)
         if limit is not None:
@@ -127,7 +174,8 @@ class Job:
         if max_calls is not None:
             job = replace(job, max_calls=max_calls)
         if rate is not None:
-            job = replace(job, gateway=replace(job.gateway, rate=rate))
+            # A flag wins over the file: one window for every API, whatever gateway.rates said.
+            job = replace(job, gateway=replace(job.gateway, rate=rate, rates=None))
         return job
 
 
@@ -169,12 +217,17 @@ def parse_job(
     if not raw_paths:
         raise ConfigError("inputs.paths: give at least one folder or file to search")
     paths = tuple(
-        _resolve(base, _of_type(p, str, f"inputs.paths[{i}]")) for i, p in enumerate(raw_paths)
+        _resolve(base, _of_type(p, str, f"inputs.paths[{i}]"), f"inputs.paths[{i}]")
+        for i, p in enumerate(raw_paths)
     )
     extensions = tuple(
-        _of_type(e, str, "inputs.extensions").lower().lstrip(".")
+        _of_type(e, str, "inputs.extensions").strip().lower().lstrip(".")
         for e in inputs_section.get("extensions", list, list(DEFAULT_EXTENSIONS))
     )
+    if not extensions or not all(extensions):
+        raise ConfigError(
+            'inputs.extensions: give at least one extension, none empty (e.g. ["jpg", "png"])'
+        )
     inputs = Inputs(
         paths=paths,
         recursive=inputs_section.get("recursive", bool, True),
@@ -186,7 +239,7 @@ def parse_job(
     )
     inputs_section.done()
 
-    out = _resolve(base, output_section.get("dir", str, None, required=True))
+    out = _resolve(base, output_section.get("dir", str, None, required=True), "output.dir")
     zstd_level = output_section.get("zstd_level", int, 6, check=_between(1, 22))
     output_section.done()
 
@@ -205,71 +258,129 @@ def parse_job(
         engine=engine,
         zstd_level=zstd_level,
     )
-    try:
-        job.search_filters  # noqa: B018 - validates the server-side view of the filters
-    except ValueError as exc:
-        raise ConfigError(f"filters: {exc}") from None
+    # A guard, not a check: the filters above leave SearchFilters nothing to refuse.
+    job.search_filters  # noqa: B018
     return job
 
 
 def _parse_gateway(section: _Section) -> Gateway:
-    protocol = section.get("protocol", str, "ocean", check=_one_of(*PROTOCOLS))
-    endpoint = section.get("endpoint", str, SANDBOX)
-    if endpoint != SANDBOX and not endpoint.startswith(("http://", "https://")):
-        raise ConfigError(f"gateway.endpoint: {endpoint!r} is neither 'sandbox' nor an http(s) URL")
-    rate_text = section.get("rate", str, "10/60s")
-    try:
-        rate = Rate.parse(rate_text)
-    except ValueError as exc:
-        raise ConfigError(f"gateway.rate: {exc}") from None
-    defaults = RetryPolicy()
-    try:
-        retry = RetryPolicy(
-            attempts=section.get("attempts", int, defaults.attempts, check=_between(1, 100)),
-            base_delay=section.get("backoff_base", float, defaults.base_delay, check=_positive),
-            max_delay=section.get("backoff_max", float, defaults.max_delay, check=_positive),
-            timeout=section.get("timeout", float, defaults.timeout, check=_positive),
+    protocol = section.choice("protocol", PROTOCOLS, "ocean")
+    endpoint = section.get("endpoint", str, None)
+    if endpoint is None:
+        raise ConfigError(
+            'gateway.endpoint: missing (required): write endpoint = "sandbox" to try the engine'
+            " against its embedded sandbox (made-up offers), or the gateway's URL, e.g."
+            ' endpoint = "https://gw.open.1688.com"'
         )
-    except ValueError as exc:
-        raise ConfigError(f"gateway: {exc}") from None
+    if endpoint != SANDBOX and not _is_http_url(endpoint):
+        raise ConfigError(
+            f"gateway.endpoint: {endpoint!r} is neither 'sandbox' nor an http(s) URL"
+            " such as 'https://gw.open.1688.com'"
+        )
+    rate = _rate(section.get("rate", str, "10/60s"), "gateway.rate")
+    rates = None
+    if "rates" in section.data:
+        if "rate" in section.data:
+            raise ConfigError(
+                "gateway.rates: give gateway.rate (one window for every API) or gateway.rates"
+                " (one window per API), not both"
+            )
+        rates = _parse_rates(section.section("rates"), protocol)
+    defaults = RetryPolicy()
+    attempts = section.get("attempts", int, defaults.attempts, check=_between(1, 100))
+    base_delay = section.get("backoff_base", float, defaults.base_delay, check=_positive)
+    max_delay = section.get("backoff_max", float, defaults.max_delay, check=_positive)
+    timeout = section.get("timeout", float, defaults.timeout, check=_positive)
+    if base_delay > max_delay:
+        raise ConfigError(
+            "gateway.backoff_base: must not exceed gateway.backoff_max"
+            f" (got {base_delay:g} > {max_delay:g})"
+        )
+    retry = RetryPolicy(
+        attempts=attempts, base_delay=base_delay, max_delay=max_delay, timeout=timeout
+    )
     page_size = section.get("page_size", int, 20, check=_between(1, 50))
     section.done()
     return Gateway(
-        protocol=protocol,  # type: ignore[arg-type]  # checked by _one_of above
+        protocol=protocol,
         endpoint=endpoint.rstrip("/"),
         rate=rate,
         page_size=page_size,
         retry=retry,
+        rates=rates,
     )
 
 
+def _rate(text: str, name: str) -> Rate:
+    try:
+        rate = Rate.parse(text)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    if not math.isfinite(rate.period):
+        raise ConfigError(f"{name}: the period of {text!r} must be a finite number")
+    return rate
+
+
+def _parse_rates(section: _Section, protocol: ProtocolName) -> ApiRates:
+    """``[gateway.rates]``: a window for each call the protocol makes, and for no other."""
+    calls = ("upload", "query") if protocol == "ocean" else ("search",)
+    rates: dict[str, Rate] = {}
+    for key in ("upload", "query", "search"):
+        name = f"gateway.rates.{key}"
+        text = section.get(key, str, None)
+        if text is None and key in calls:
+            raise ConfigError(
+                f"{name}: missing (required with protocol {protocol}, whose calls are"
+                f" {' and '.join(calls)})"
+            )
+        if text is not None and key not in calls:
+            raise ConfigError(
+                f"{name}: protocol {protocol} makes no {key} call (its calls: {', '.join(calls)})"
+            )
+        if text is not None:
+            rates[key] = _rate(text, name)
+    section.done()
+    return ApiRates(**rates)
+
+
 def _parse_filters(section: _Section) -> WholesaleFilters:
-    price_min = section.get("price_min", Decimal, None, check=_non_negative)
-    price_max = section.get("price_max", Decimal, None, check=_non_negative)
+    price_min = section.get("price_min", Decimal, None, check=_price)
+    price_max = section.get("price_max", Decimal, None, check=_price)
     moq_min = section.get("moq_min", int, None, check=_between(1, 10**9))
     moq_max = section.get("moq_max", int, None, check=_between(1, 10**9))
-    freight = section.get("freight", str, "all", check=_one_of("all", "free", "paid"))
+    freight = section.choice("freight", _FREIGHT_FILTERS, "all")
     section.done()
     if price_min is not None and price_max is not None and price_min > price_max:
-        raise ConfigError("filters.price_min: must not exceed filters.price_max")
+        raise ConfigError(
+            f"filters.price_min: must not exceed filters.price_max (got {price_min} > {price_max})"
+        )
     if moq_min is not None and moq_max is not None and moq_min > moq_max:
-        raise ConfigError("filters.moq_min: must not exceed filters.moq_max")
+        raise ConfigError(
+            f"filters.moq_min: must not exceed filters.moq_max (got {moq_min} > {moq_max})"
+        )
     return WholesaleFilters(
         price_min=price_min,
         price_max=price_max,
         moq_min=moq_min,
         moq_max=moq_max,
-        freight=freight,  # type: ignore[arg-type]
+        freight=freight,
     )
 
 
 def _parse_preprocess(section: _Section) -> PreprocessOptions:
     d = PreprocessOptions()
+    quality = section.get("quality", int, d.quality, check=_between(20, 100))
+    min_quality = section.get("min_quality", int, d.min_quality, check=_between(10, 100))
+    if min_quality > quality:
+        raise ConfigError(
+            "preprocess.min_quality: must not exceed preprocess.quality"
+            f" (got {min_quality} > {quality})"
+        )
     options = PreprocessOptions(
         max_side=section.get("max_side", int, d.max_side, check=_between(64, 10_000)),
         max_bytes=section.get("max_bytes", int, d.max_bytes, check=_between(10_000, 10**8)),
-        quality=section.get("quality", int, d.quality, check=_between(20, 100)),
-        min_quality=section.get("min_quality", int, d.min_quality, check=_between(10, 100)),
+        quality=quality,
+        min_quality=min_quality,
         trim_border=section.get("trim_border", bool, d.trim_border),
         autocontrast=section.get("autocontrast", bool, d.autocontrast),
         max_pixels=section.get("max_pixels", int, d.max_pixels, check=_between(1, 10**10)),
@@ -279,8 +390,6 @@ def _parse_preprocess(section: _Section) -> PreprocessOptions:
         timeout=section.get("timeout", float, d.timeout, check=_positive),
     )
     section.done()
-    if options.min_quality > options.quality:
-        raise ConfigError("preprocess.min_quality: must not exceed preprocess.quality")
     return options
 
 
@@ -292,7 +401,9 @@ def _parse_engine(section: _Section) -> Engine:
         queue_size=section.get("queue_size", int, d.queue_size, check=_between(1, 100_000)),
         part_images=section.get("part_images", int, d.part_images, check=_between(1, 10**6)),
         flush_seconds=section.get("flush_seconds", float, d.flush_seconds, check=_positive),
-        reuse_ttl_days=section.get("reuse_ttl_days", float, d.reuse_ttl_days, check=_non_negative),
+        reuse_ttl_days=section.get(
+            "reuse_ttl_days", float, d.reuse_ttl_days, check=_between(0, MAX_TTL_DAYS)
+        ),
         max_consecutive_failures=section.get(
             "max_consecutive_failures", int, d.max_consecutive_failures, check=_between(1, 10**6)
         ),
@@ -316,6 +427,36 @@ class _Section:
         value = self.get(key, dict, {})
         return _Section(value, f"{self.prefix}{key}.")
 
+    @overload
+    def get(
+        self,
+        key: str,
+        kind: type[T],
+        default: None,
+        *,
+        required: Literal[True],
+        check: Callable[[Any], str | None] | None = None,
+    ) -> T: ...
+    @overload
+    def get(
+        self,
+        key: str,
+        kind: type[T],
+        default: None,
+        *,
+        required: Literal[False] = False,
+        check: Callable[[Any], str | None] | None = None,
+    ) -> T | None: ...
+    @overload
+    def get(
+        self,
+        key: str,
+        kind: type[T],
+        default: T,
+        *,
+        required: bool = False,
+        check: Callable[[Any], str | None] | None = None,
+    ) -> T: ...
     def get(
         self,
         key: str,
@@ -324,17 +465,27 @@ class _Section:
         *,
         required: bool = False,
         check: Callable[[Any], str | None] | None = None,
-    ) -> T:
+    ) -> T | None:
+        """The value of ``key`` as a ``kind``, checked by ``check``; ``default`` when absent.
+
+        Raises ConfigError when the value is of the wrong type or fails ``check``, or when
+        it is absent and ``required``.
+        """
         self.seen.add(key)
         name = self.prefix + key
         if key not in self.data:
             if required:
                 raise ConfigError(f"{name}: missing (required)")
-            return default  # type: ignore[return-value]
+            return default
         value = _coerce(self.data[key], kind, name)
         if check is not None and (problem := check(value)):
             raise ConfigError(f"{name}: {problem} (got {self.data[key]!r})")
         return value
+
+    def choice(self, key: str, choices: tuple[S, ...], default: S) -> S:
+        """The value of ``key``, which must be one of ``choices``, typed as that choice."""
+        value = self.get(key, str, default, check=_one_of(*choices))
+        return next(choice for choice in choices if choice == value)
 
     def done(self) -> None:
         unknown = sorted(set(self.data) - self.seen)
@@ -344,7 +495,13 @@ class _Section:
 
 
 def _coerce(value: Any, kind: type[T], name: str) -> T:
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+    if kind is float and isinstance(value, float | int) and not isinstance(value, bool):
+        # TOML has inf and nan, and integers of any size: neither is a usable setting.
+        if isinstance(value, int) and abs(value) > 2**53:
+            raise ConfigError(f"{name}: expected a number of usable size, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{name}: expected a finite number, got {value!r}")
+        # mypy cannot narrow the TypeVar T from `kind is float` (nor Decimal below).
         return float(value)  # type: ignore[return-value]
     if kind is Decimal:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
@@ -377,9 +534,15 @@ _KIND_NAMES = {
 }
 
 
-def _resolve(base: Path, text: str) -> Path:
+def _resolve(base: Path, text: str, name: str) -> Path:
+    if not text.strip() or "\0" in text:
+        raise ConfigError(f"{name}: expected a path, got {text!r}")
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError:  # "~user" of no known user
+        raise ConfigError(f"{name}: cannot expand {text!r}: no such home directory") from None
     # normpath, not resolve(): '..' goes, but symlinked folders keep the name the user gave.
-    return Path(os.path.normpath(base / Path(text).expanduser()))
+    return Path(os.path.normpath(base / path))
 
 
 def _between(low: int, high: int) -> Callable[[Any], str | None]:
@@ -394,5 +557,15 @@ def _positive(value: float) -> str | None:
     return None if value > 0 else "must be positive"
 
 
-def _non_negative(value: float | Decimal) -> str | None:
-    return None if value >= 0 else "must not be negative"
+def _price(value: Decimal) -> str | None:
+    if value < 0:
+        return "must not be negative"
+    return None if value < PRICE_LIMIT else f"must be below {PRICE_LIMIT:,} CNY"
+
+
+def _is_http_url(text: str) -> bool:
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)

@@ -20,6 +20,9 @@ What it records, and why each fact is enough to resume exactly:
 * ``parts``: the Parquet files that belong to the dataset. A file on disk that is not listed
   here was left by a crash between its rename and this commit, and is deleted on the next start.
 
+The database is ``OUT/state.sqlite``; each shard of a sharded job (:mod:`engine.shard`) keeps
+its own, ``OUT/state-shard-I-of-N.sqlite``, under its own lock, listing only its own parts.
+
 Every write commits at once with ``synchronous=FULL``: a kill at any instant loses at most the
 call that was in flight. Calls are short and few (one per image), so they run on the event
 loop's thread; that keeps the ordering of writes obvious.
@@ -30,7 +33,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +41,8 @@ from typing import Literal
 
 from engine.errors import StorageError
 from engine.lock import OutputLock
+from engine.protocol import ProtocolName
+from engine.shard import UNSHARDED, Shard
 
 STATE_FILE = "state.sqlite"
 STATE_VERSION = 1
@@ -132,7 +137,7 @@ class NewAnswer:
 
     sha256: str
     request_key: str
-    protocol: str
+    protocol: ProtocolName
     raw_body: str
     searched_at: datetime
     calls: int
@@ -143,7 +148,7 @@ class NewAnswer:
 class StoredResponse:
     id: int
     sha256: str
-    protocol: str
+    protocol: ProtocolName
     raw_body: str
     searched_at: datetime
     calls: int
@@ -162,6 +167,38 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+# SQLite's primary result codes that mean the disk, the file or another process, never our own
+# SQL: the user can fix them (exit 5). Everything else is a bug and propagates with its
+# traceback: SQLITE_CONSTRAINT (IntegrityError), SQLITE_ERROR (bad SQL, a missing table),
+# SQLITE_MISUSE, SQLITE_RANGE, SQLITE_MISMATCH, SQLITE_LOCKED (a conflict inside our one
+# connection, unlike SQLITE_BUSY, which is another process), and the module's own
+# InterfaceError and ProgrammingError, which carry no SQLite code. A damaged file
+# (SQLITE_CORRUPT, SQLITE_NOTADB) is no bug of ours either: it is reported, not traced.
+_STORAGE_CODES: dict[int, str] = {
+    sqlite3.SQLITE_FULL: "the disk is full, or the database reached its size limit",
+    sqlite3.SQLITE_IOERR: "the disk failed to read or write",
+    sqlite3.SQLITE_READONLY: "the database or its directory is read-only",
+    sqlite3.SQLITE_PERM: "access to the database file was denied",
+    sqlite3.SQLITE_CANTOPEN: "the database file cannot be opened or created",
+    sqlite3.SQLITE_BUSY: "another process kept the database locked",
+    sqlite3.SQLITE_PROTOCOL: "file locking failed (a network file system?)",
+    sqlite3.SQLITE_NOLFS: "the file system cannot hold a file this large",
+    sqlite3.SQLITE_CORRUPT: "the database file is damaged: restore it or use a new --out",
+    sqlite3.SQLITE_NOTADB: "the file is not a SQLite database: move it away or use a new --out",
+}
+
+
+def storage_error(exc: sqlite3.Error, doing: str) -> StorageError | None:
+    """The :class:`StorageError` for ``exc`` if its SQLite code means the disk, the file or
+    another process (``_STORAGE_CODES``, extended codes included), else ``None``: the caller
+    re-raises ``exc`` as the bug it is. ``doing`` starts the message."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None or code & 0xFF not in _STORAGE_CODES:
+        return None
+    name = getattr(exc, "sqlite_errorname", None) or str(code)
+    return StorageError(f"{doing}: {exc} ({name}: {_STORAGE_CODES[code & 0xFF]})")
+
+
 class StateStore:
     """The checkpoint database of one output directory, held under an :class:`OutputLock`
     (a second process on the same output directory is refused with :class:`StorageError`).
@@ -171,11 +208,13 @@ class StateStore:
     ``exported``); each is one durable transaction.
     """
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, shard: Shard = UNSHARDED) -> None:
         self.out = out
-        self._lock: OutputLock | None = OutputLock(out)
+        self.shard = shard
+        self.path = state_path(out, shard)
+        self._lock: OutputLock | None = OutputLock(out, shard)
         try:
-            self.db = sqlite3.connect(out / STATE_FILE, isolation_level=None)
+            self.db = sqlite3.connect(self.path, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=ON")
@@ -184,7 +223,10 @@ class StateStore:
             self.db.execute(f"PRAGMA user_version={STATE_VERSION}")
         except sqlite3.Error as exc:
             self.close()
-            raise StorageError(f"cannot open checkpoint database in {out}: {exc}") from None
+            storage = storage_error(exc, f"cannot open checkpoint database {self.path}")
+            if storage is None:
+                raise
+            raise storage from None
 
     def _check_version(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
@@ -192,7 +234,7 @@ class StateStore:
         if has_tables and version != STATE_VERSION:
             self.close()
             raise StorageError(
-                f"{self.out / STATE_FILE} was written by another version of img1688"
+                f"{self.path} was written by another version of img1688"
                 f" (state version {version}, this one reads {STATE_VERSION});"
                 " use a new --out, or that version to finish its run"
             )
@@ -201,7 +243,7 @@ class StateStore:
         """Close the database, then release the output directory. Idempotent."""
         if getattr(self, "db", None) is not None:
             self.db.close()
-            self.db = None  # type: ignore[assignment]
+            del self.db  # as before __init__ connected: getattr above makes close idempotent
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -214,17 +256,30 @@ class StateStore:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One atomic, durable write. Disk errors become :class:`StorageError`."""
+        """One atomic, durable write: all of it is committed, or none of it.
+
+        Raises:
+            StorageError: the disk or the database file failed (see :func:`storage_error`).
+            sqlite3.Error: any other database error (a violated constraint, bad SQL): a bug,
+                raised as it is, after the rollback.
+        """
         try:
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 yield self.db
+                self.db.execute("COMMIT")  # inside: a failed COMMIT must roll back too
             except BaseException:
-                self.db.execute("ROLLBACK")
+                # SQLite may already have rolled back (after SQLITE_FULL or SQLITE_IOERR); a
+                # ROLLBACK that fails must not hide the error that made it necessary.
+                if self.db.in_transaction:
+                    with suppress(sqlite3.Error):
+                        self.db.execute("ROLLBACK")
                 raise
-            self.db.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise StorageError(f"checkpoint database write failed: {exc}") from None
+            storage = storage_error(exc, "checkpoint database write failed")
+            if storage is None:
+                raise
+            raise storage from None
 
     # -- runs -----------------------------------------------------------------------------
 
@@ -550,6 +605,7 @@ def _image(row: tuple[object, ...]) -> ImageRecord:
     values = dict(zip(_IMAGE_FIELDS, row, strict=True))
     values["reused"] = bool(values["reused"])
     values["steps"] = tuple(json.loads(str(values["steps"]))) if values["steps"] else ()
+    # The columns are ImageRecord's fields (_IMAGE_FIELDS); mypy cannot type a **dict by key.
     return ImageRecord(**values)  # type: ignore[arg-type]
 
 
@@ -560,16 +616,10 @@ def _image_values(record: ImageRecord) -> tuple[object, ...]:
     return tuple(values)
 
 
-def _response(row: tuple[object, ...]) -> StoredResponse:
+def _response(row: tuple[int, str, ProtocolName, str, str, int]) -> StoredResponse:
+    # NOT NULL columns, written only by this module, with these types.
     rid, sha, protocol, body, searched_at, calls = row
-    return StoredResponse(
-        int(rid),
-        str(sha),
-        str(protocol),
-        str(body),
-        datetime.fromisoformat(str(searched_at)),
-        int(calls),  # type: ignore[arg-type]
-    )
+    return StoredResponse(rid, sha, protocol, body, datetime.fromisoformat(searched_at), calls)
 
 
 def _status_counts(db: sqlite3.Connection, run_id: str) -> dict[str, int]:
@@ -639,10 +689,25 @@ class Snapshot:
         }
 
 
-def snapshot(out: Path) -> Snapshot | None:
-    """A read-only view of a job's state, safe while a run holds the lock (WAL readers never
-    block the writer). ``None`` when ``out`` holds no checkpoint database."""
-    path = out / STATE_FILE
+def state_path(out: Path, shard: Shard = UNSHARDED) -> Path:
+    """Where the checkpoint database of ``shard`` lives in ``out``."""
+    return out / shard.file_name(STATE_FILE)
+
+
+def checkpoint_shards(out: Path) -> list[Shard]:
+    """The shards (:data:`~engine.shard.UNSHARDED` for ``state.sqlite``) whose checkpoint
+    database is in ``out``, in order; empty when there is none or ``out`` is no directory."""
+    try:
+        names = [p.name for p in out.iterdir()]
+    except OSError:
+        return []
+    return sorted(s for name in names if (s := Shard.of_file(name, STATE_FILE)) is not None)
+
+
+def snapshot(out: Path, shard: Shard = UNSHARDED) -> Snapshot | None:
+    """A read-only view of a job's state (of one shard's), safe while a run holds the lock (WAL
+    readers never block the writer). ``None`` when ``out`` holds no such checkpoint database."""
+    path = state_path(out, shard)
     if not path.exists():
         return None
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)

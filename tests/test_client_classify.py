@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.client import classify_ocean, classify_seed, parse_retry_after
+from engine.client.classify import BUSY_MARKERS
 from engine.errors import (
     FatalGatewayError,
     GatewayError,
@@ -151,3 +152,114 @@ def test_classifiers_redact_echoed_secrets() -> None:
     malformed = classify_seed(200, f'{{"x": "{APP_SECRET}', {}, secrets=SECRETS)
     assert isinstance(malformed, TransientError)
     assert_no_secret(malformed)
+
+
+def ocean_failure(code: object, message: object) -> str:
+    return json.dumps({"result": {"success": "false", "code": code, "message": message}})
+
+
+def seed_failure(code: int, msg: str, sub_code: str | None = None) -> str:
+    error: dict[str, Any] = {"code": code, "msg": msg}
+    if sub_code:
+        error["sub_code"] = sub_code
+    return json.dumps({"error_response": error}, ensure_ascii=False)
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("500", "x"),
+        ("503", ""),
+        (502, None),
+        ("SYSTEM_BUSY", ""),
+        ("ServiceUnavailable", "x"),
+        ("service.unavailable", "x"),
+        ("x", "系统繁忙，请稍后再试"),
+        ("x", "服务繁忙"),
+        ("x", "系统错误"),
+        ("biz_error", "Service busy, try later"),
+        ("biz_error", "request TIMED OUT"),
+        ("", "Internal Server Error"),
+    ],
+)
+def test_a_busy_business_failure_is_transient(code: object, message: object) -> None:
+    error = classify_ocean(200, ocean_failure(code, message), {})
+    assert isinstance(error, TransientError)
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("isv.invalid-image", "image too small"),
+        ("isv.invalid-image", "invalid image"),
+        ("isv.invalid-image", "系统繁忙"),  # the code says whose fault it is
+        ("ISV.image-not-found", "imageId is unknown or expired"),
+        ("400", "image too small"),
+        ("5000", "图片无效"),
+        ("x", "image is 500x300, long side over 800"),
+        ("business_failure", "the image has an alpha channel"),
+    ],
+)
+def test_an_image_rejection_is_not_mistaken_for_busy(code: object, message: object) -> None:
+    error = classify_ocean(200, ocean_failure(code, message), {})
+    assert type(error) is ImageRejected
+
+
+def test_busy_markers_apply_to_seed_and_to_unknown_gateway_codes_only() -> None:
+    assert isinstance(classify_seed(200, seed_failure(10, "系统繁忙"), {}), TransientError)
+    assert isinstance(classify_seed(200, seed_failure(10, "x", "isp.busy"), {}), TransientError)
+    # TOP's 5xx codes are business errors, not HTTP statuses.
+    unknown = classify_seed(200, seed_failure(506, "Parameters Error"), {})
+    assert isinstance(unknown, FatalGatewayError)
+    rejected = classify_seed(200, seed_failure(15, "服务繁忙", "isv.invalid-image"), {})
+    assert type(rejected) is ImageRejected
+    busy_gateway = json.dumps({"error_code": "gw.SystemBusy", "error_message": "busy"})
+    assert isinstance(classify_ocean(400, busy_gateway, {}), TransientError)
+    # A known fatal code stays fatal whatever its message says.
+    signature = json.dumps({"error_code": "gw.SignatureInvalid", "error_message": "timeout"})
+    assert isinstance(classify_ocean(400, signature, {}), FatalGatewayError)
+
+
+def _spell(marker: str, separator: str, upper: list[bool]) -> str:
+    """``marker`` with its spaces replaced by ``separator`` and some letters upper-cased."""
+    text = marker.replace(" ", separator)
+    return "".join(c.upper() if u else c for c, u in zip(text, upper * len(text), strict=False))
+
+
+@given(
+    marker=st.sampled_from(BUSY_MARKERS),
+    separator=st.sampled_from(["", " ", "_", "-", ".", "  "]),
+    upper=st.lists(st.booleans(), min_size=1, max_size=8),
+    before=st.text(max_size=10),
+    after=st.text(max_size=10),
+    in_code=st.booleans(),
+)
+def test_every_busy_marker_matches_in_any_case_and_spelling(
+    marker: str, separator: str, upper: list[bool], before: str, after: str, in_code: bool
+) -> None:
+    text = before + _spell(marker, separator, upper) + after
+    code, message = (text, "") if in_code else ("biz", text)
+    if in_code and code.strip().lower().startswith("isv."):
+        code = "biz " + code
+    assert isinstance(classify_ocean(200, ocean_failure(code, message), {}), TransientError)
+
+
+_REJECTION_WORDS = [
+    "image", "too", "small", "large", "invalid", "format", "alpha", "channel", "not",
+    "decodable", "size", "pixels", "800", "2MB", "图片", "无效", "尺寸", "过大", "格式", "错误",
+    "不支持", "image_id", "unknown", "expired", ",", " ", "_", "-",
+]  # fmt: skip
+
+
+@given(
+    suffix=st.text(max_size=20),
+    words=st.lists(st.sampled_from(_REJECTION_WORDS), max_size=12),
+)
+def test_image_rejections_stay_rejections(suffix: str, words: list[str]) -> None:
+    # Any isv.* code, whatever the message; and the words of image rules, whatever the code.
+    assert type(classify_ocean(200, ocean_failure("isv." + suffix, suffix), {})) is ImageRejected
+    message = " ".join(words)
+    assert type(classify_ocean(200, ocean_failure("isv.invalid-image", message), {})) is (
+        ImageRejected
+    )
+    assert type(classify_ocean(200, ocean_failure("biz", message), {})) is ImageRejected

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from engine.errors import StorageError
-from engine.state import NewAnswer, PartRecord, StateStore
+from engine.shard import UNSHARDED, Shard
+from engine.state import (
+    NewAnswer,
+    PartRecord,
+    StateStore,
+    checkpoint_shards,
+    snapshot,
+    storage_error,
+)
 
 RUN = "20261202T000000Z-aaaaaa"
 OTHER = "20261201T000000Z-bbbbbb"
@@ -178,11 +187,78 @@ def test_exported_registers_parts_marks_images_and_unregisters_replaced_parts(
 
 def test_a_failed_transition_changes_nothing(store: StateStore) -> None:
     store.exported([part("part-1.parquet")], [(RUN, "a.jpg")])
-    with pytest.raises(StorageError, match="checkpoint database write failed"):
-        # The same part registered twice violates the key: the whole commit rolls back.
+    with pytest.raises(sqlite3.IntegrityError):
+        # The same part registered twice violates the key: a bug, not a full disk, and the
+        # whole commit rolls back.
         store.exported([part("part-2.parquet"), part("part-1.parquet")], [(RUN, "b.jpg")])
     assert status(store, "b.jpg") == "pending"
     assert [p.name for p in store.parts()] == ["part-1.parquet"]
+    store.exported([part("part-2.parquet")], [(RUN, "b.jpg")])  # the store is still usable
+    assert status(store, "b.jpg") == "exported"
+
+
+def test_a_full_disk_is_a_storage_error_and_changes_nothing(store: StateStore) -> None:
+    # SQLITE_FULL for real: the database may not grow past the pages it has now.
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count={pages}")
+    long = "x" * 2000
+    with pytest.raises(StorageError, match="SQLITE_FULL") as caught:
+        for i in range(100):
+            store.discovered(RUN, f"{long}-{i}.jpg", 100, 7)
+    assert "checkpoint database write failed" in str(caught.value)
+    assert store.image(RUN, f"{long}-{i}.jpg") is None  # the failed transition left nothing
+    store.db.execute("PRAGMA max_page_count=1073741823")
+    store.discovered(RUN, "after.jpg", 1, 1)  # rolled back: no transaction left open
+    assert status(store, "after.jpg") == "pending"
+
+
+def test_a_read_only_database_is_a_storage_error(store: StateStore) -> None:
+    store.db.execute("PRAGMA query_only=ON")  # SQLite answers writes with SQLITE_READONLY
+    with pytest.raises(StorageError, match="SQLITE_READONLY"):
+        store.in_flight(RUN, ["a.jpg"])
+    store.db.execute("PRAGMA query_only=OFF")
+    assert status(store, "a.jpg") == "pending"
+
+
+def test_bad_sql_in_a_transaction_is_a_bug_not_a_storage_error(store: StateStore) -> None:
+    with pytest.raises(sqlite3.OperationalError, match="no such table"), store.transaction() as db:
+        db.execute("UPDATE images SET status = 'failed'")
+        db.execute("INSERT INTO no_such_table VALUES (1)")
+    assert status(store, "a.jpg") == "pending"  # the first statement was rolled back
+
+
+def _sqlite_error(code: int | None) -> sqlite3.Error:
+    error = sqlite3.OperationalError("boom")
+    if code is not None:
+        error.sqlite_errorcode = code  # type: ignore[attr-defined]
+        error.sqlite_errorname = "SQLITE_X"  # type: ignore[attr-defined]
+    return error
+
+
+@pytest.mark.parametrize(
+    ("code", "storage"),
+    [
+        (sqlite3.SQLITE_FULL, True),
+        (sqlite3.SQLITE_IOERR_WRITE, True),  # extended codes map by their primary code
+        (sqlite3.SQLITE_IOERR_FSYNC, True),
+        (sqlite3.SQLITE_READONLY_DIRECTORY, True),
+        (sqlite3.SQLITE_CANTOPEN_ISDIR, True),
+        (sqlite3.SQLITE_BUSY, True),
+        (sqlite3.SQLITE_PROTOCOL, True),
+        (sqlite3.SQLITE_CORRUPT, True),
+        (sqlite3.SQLITE_NOTADB, True),
+        (sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY, False),
+        (sqlite3.SQLITE_ERROR, False),
+        (sqlite3.SQLITE_MISUSE, False),
+        (sqlite3.SQLITE_RANGE, False),
+        (sqlite3.SQLITE_LOCKED, False),
+        (None, False),  # raised by the sqlite3 module itself: no SQLite code
+    ],
+)
+def test_only_codes_that_mean_the_disk_or_the_file_are_storage_errors(
+    code: int | None, storage: bool
+) -> None:
+    assert (storage_error(_sqlite_error(code), "writing") is not None) is storage
 
 
 def test_forget_unfinished_drops_only_pending_and_in_flight(store: StateStore) -> None:
@@ -200,3 +276,25 @@ def test_a_state_database_of_another_version_is_refused_clearly(tmp_path: Path) 
     with pytest.raises(StorageError, match="another version of img1688"):
         StateStore(tmp_path)
     StateStore(tmp_path / "new").close()  # a fresh directory is fine
+
+
+def test_each_shard_has_its_own_checkpoints_and_unsharded_keeps_state_sqlite(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    with StateStore(out, Shard(0, 2)) as first, StateStore(out, Shard(1, 2)) as second:
+        first.start_run("r0", "2026-12-02", "{}")
+        second.start_run("r1", "2026-12-02", "{}")
+        assert first.path == out / "state-shard-0-of-2.sqlite"
+        assert checkpoint_shards(out) == [Shard(0, 2), Shard(1, 2)]  # not their -wal files
+    with StateStore(out) as plain:
+        assert plain.path == out / "state.sqlite"
+    assert checkpoint_shards(out) == [UNSHARDED, Shard(0, 2), Shard(1, 2)]
+    runs = {
+        s: snap.run.run_id
+        for s in checkpoint_shards(out)
+        if (snap := snapshot(out, s)) and snap.run
+    }
+    assert runs == {Shard(0, 2): "r0", Shard(1, 2): "r1"}
+    assert snapshot(out, Shard(0, 3)) is None
+    assert checkpoint_shards(tmp_path / "nowhere") == []

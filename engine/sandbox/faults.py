@@ -14,10 +14,12 @@ class Fault(Enum):
     MALFORMED = "malformed"
     DROP = "drop"
     SPURIOUS_RATE_LIMIT = "spurious_rate_limit"
+    BUSY = "busy"
 
 
 SLOW = "slow"  # stats key of the slow fault, which delays an answer instead of replacing it
-FAULT_KEYS: tuple[str, ...] = ("5xx", SLOW, "malformed", "drop", "spurious_rate_limit")
+FAULT_KEYS: tuple[str, ...] = ("5xx", SLOW, "malformed", "drop", "spurious_rate_limit", "busy")
+_SHARES = ("error_5xx", "slow", "malformed", "drop", "spurious_rate_limit", "busy")
 SERVER_ERROR_STATUSES = (500, 502, 503)
 
 
@@ -25,9 +27,9 @@ SERVER_ERROR_STATUSES = (500, 502, 503)
 class Faults:
     """Shares in [0, 1] of admitted ``param2`` calls that misbehave.
 
-    ``error_5xx``, ``malformed``, ``drop`` and ``spurious_rate_limit`` replace the answer and
-    exclude one another, so their sum must not exceed 1. ``slow`` is drawn independently: a slow
-    call waits ``slow_seconds``, then gets its answer (or its other fault).
+    ``error_5xx``, ``malformed``, ``drop``, ``spurious_rate_limit`` and ``busy`` replace the
+    answer and exclude one another, so their sum must not exceed 1. ``slow`` is drawn
+    independently: a slow call waits ``slow_seconds``, then gets its answer (or its other fault).
 
     Attributes:
         error_5xx: answer HTTP 500, 502 or 503.
@@ -36,6 +38,7 @@ class Faults:
         malformed: answer HTTP 200 with a truncated, non-parseable JSON body.
         drop: close the connection without an answer.
         spurious_rate_limit: answer the rate-limit error though the call was within the limit.
+        busy: answer HTTP 200 with the protocol's business failure saying the system is busy.
         seed: seed of the RNG, so a run's faults repeat exactly.
     """
 
@@ -45,25 +48,30 @@ class Faults:
     malformed: float = 0.0
     drop: float = 0.0
     spurious_rate_limit: float = 0.0
+    busy: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("error_5xx", "slow", "malformed", "drop", "spurious_rate_limit"):
+        for name in _SHARES:
             share = getattr(self, name)
             if not 0.0 <= share <= 1.0:
                 raise ValueError(f"fault share {name}={share} is not in [0, 1]")
         if sum(share for _, share in self.exclusive_shares()) > 1.0 + 1e-9:
-            raise ValueError("the shares of 5xx, malformed, drop and rate-limit faults exceed 1")
+            raise ValueError(
+                "the shares of 5xx, malformed, drop, rate-limit and busy faults exceed 1"
+            )
         if self.slow_seconds < 0:
             raise ValueError(f"slow_seconds={self.slow_seconds} is negative")
 
     def exclusive_shares(self) -> tuple[tuple[Fault, float], ...]:
-        """The faults that replace an answer, with their shares, in drawing order."""
+        """The faults that replace an answer, with their shares, in drawing order (new kinds go
+        last, so a seed keeps giving the faults it gave before)."""
         return (
             (Fault.SERVER_ERROR, self.error_5xx),
             (Fault.MALFORMED, self.malformed),
             (Fault.DROP, self.drop),
             (Fault.SPURIOUS_RATE_LIMIT, self.spurious_rate_limit),
+            (Fault.BUSY, self.busy),
         )
 
 

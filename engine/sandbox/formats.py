@@ -304,3 +304,12 @@ def server_error(protocol: ProtocolName, status: int) -> Answer:
 def truncated(protocol: ProtocolName) -> Answer:
     """An injected HTTP 200 whose JSON body stops midway."""
     return Answer(200, _TRUNCATED[protocol])
+
+
+def busy(protocol: ProtocolName) -> Answer:
+    """An injected HTTP 200 business failure saying the system is busy: ocean's ``result``
+    with ``success = "false"`` and an HTTP-like code; seed's TOP ``error_response`` with a
+    platform (``isp.``) sub code. The codes and wording are sandbox assumptions."""
+    if protocol == "ocean":
+        return ocean_failure("500", "系统繁忙，请稍后再试")
+    return seed_error(200, 15, "Remote service error", "isp.remote-service-error", "系统繁忙")
