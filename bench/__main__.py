@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("preprocess", "engine")
+BENCHMARKS = ("startup", "flush", "preprocess", "engine", "apps")
 
 
 def main(argv: list[str]) -> None:

@@ -3,15 +3,18 @@
 At 10 calls a minute a part of 500 photos would take most of an hour to fill, and a kill before
 its commit would make the next invocation re-export all of them. So a batch is flushed when it
 holds ``part_images`` photos, or ``flush_seconds`` after the previous flush if it holds any.
-The flush runs on the event loop's thread (it writes the part and commits it): the queue in
-front of it is bounded, so a slow disk slows the pipeline instead of growing memory.
+The batcher awaits each flush before it takes the next photo, so one batch is exported at a time;
+the flush itself keeps the event loop free (the runner's does its CPU and disk work in a worker
+thread, :meth:`engine.export.Exporter.export`), so the call gate and the searches go on
+meanwhile. The queue in front of the batcher is bounded: a slow disk slows the pipeline instead
+of growing memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 _END = None
 
@@ -20,7 +23,8 @@ class PartBatcher:
     """Collects photo paths from :meth:`put` and hands them to ``flush`` in batches.
 
     Args:
-        flush: exports one batch of paths (a path may come twice; ``flush`` decides).
+        flush: exports one batch of paths (a path may come twice; ``flush`` decides); awaited
+            before the next photo is taken.
         part_images: photos per batch at most.
         flush_seconds: longest time between flushes while photos are waiting.
         queue_size: paths that may wait in front of the batcher before :meth:`put` blocks.
@@ -28,7 +32,7 @@ class PartBatcher:
 
     def __init__(
         self,
-        flush: Callable[[list[str]], None],
+        flush: Callable[[list[str]], Awaitable[None]],
         *,
         part_images: int,
         flush_seconds: float,
@@ -58,13 +62,13 @@ class PartBatcher:
             except TimeoutError:
                 path = ""
             if path is _END:
-                self._flush(batch)
+                await self._flush(batch)
                 return
             if path:
                 batch.append(path)
             now = time.monotonic()
             if len(batch) >= self.part_images or (batch and now >= deadline):
-                self._flush(batch)
+                await self._flush(batch)
                 batch = []
             if now >= deadline:
                 deadline = time.monotonic() + self.flush_seconds

@@ -2,18 +2,28 @@
 
 Used by the running engine for each batch, and by ``img1688 reclean`` to rebuild a finished
 run's feed from the stored answers with today's cleaning rules, without a single call.
+
+The running engine exports off the event loop: cleaning, Parquet encoding and the durable write
+(fsync, rename) of a batch take long enough to stall the call gate, so they run in a worker
+thread. The checkpoint database stays on the caller's thread (a sqlite3 connection is used by
+the thread that opened it only): the stored answers are read before, the parts registered after.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from engine import __version__
 from engine.clean import Offer, WholesaleFilters, parse_response
-from engine.feed import Feed
+from engine.feed import Feed, part_seq
 from engine.schema import ImageRow, Lineage, images_table, matches_table
-from engine.state import ImageRecord, PartRecord, Run, StateStore
+from engine.state import ImageRecord, PartRecord, Run, StateStore, StoredResponse
+
+_READ_SLICE = 200
+"""Checkpoint reads between two yields to the event loop: a batch of thousands of photos takes
+tens of milliseconds to read, which would hold up the call gate."""
 
 
 @dataclass(frozen=True)
@@ -22,6 +32,15 @@ class BatchResult:
     images_failed: int
     reused: int
     match_rows: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A finished image and its stored answer (``None`` for a failed one), read from the
+    checkpoints: everything cleaning it needs, so that it can be cleaned in another thread."""
+
+    record: ImageRecord
+    answer: StoredResponse | None
 
 
 class Exporter:
@@ -35,45 +54,84 @@ class Exporter:
         self.run = run
         self.filters = filters
         self.protocol = protocol
-        self._seq = max((_seq_of(p.name) for p in state.parts(run.run_id)), default=0)
+        self._seq = max((part_seq(p.name) for p in state.parts(run.run_id)), default=0)
 
-    def export_finished(self, paths: Sequence[str]) -> BatchResult | None:
+    async def export_finished(self, paths: Sequence[str]) -> BatchResult | None:
         """Export the photos of ``paths`` not exported yet; ``None`` when there were none.
 
         A path queued twice (named twice in the inputs, say) is exported once: the status in
         the checkpoint database, not the queue, decides.
         """
         run_id = self.run.run_id
-        records = [
-            r
-            for p in dict.fromkeys(paths)
-            if (r := self.state.image(run_id, p)) and r.status != "exported"
-        ]
-        return self.export(records) if records else None
+        unique = list(dict.fromkeys(paths))
+        records: list[ImageRecord] = []
+        for start in range(0, len(unique), _READ_SLICE):
+            records += [
+                r
+                for p in unique[start : start + _READ_SLICE]
+                if (r := self.state.image(run_id, p)) and r.status != "exported"
+            ]
+            await asyncio.sleep(0)
+        return await self.export(records) if records else None
 
-    def export(self, records: Sequence[ImageRecord]) -> BatchResult:
+    async def export(self, records: Sequence[ImageRecord]) -> BatchResult:
         """Write one matches part and one images part for ``records``; then, in one transaction,
-        register them and mark the images exported."""
-        parts, result = self.write(records)
+        register them and mark the images exported.
+
+        Call it from the event loop's thread, which owns the checkpoint database. The parts are
+        cleaned, encoded and made durable under their final names in a worker thread, and only
+        then registered: a kill before that commit leaves orphans, deleted on the next start.
+        One batch is in memory at a time as long as the caller awaits each export.
+
+        Raises:
+            StorageError: a part could not be written (nothing is registered).
+        """
+        finished: list[Finished] = []
+        for start in range(0, len(records), _READ_SLICE):
+            finished += self.read(records[start : start + _READ_SLICE])
+            await asyncio.sleep(0)
+        seq = self._next_seq()
+        parts, result = await asyncio.to_thread(self._write, finished, seq)
         run_id = self.run.run_id
         self.state.exported(parts, [(run_id, r.path) for r in records])
         return result
 
     def write(self, records: Sequence[ImageRecord]) -> tuple[list[PartRecord], BatchResult]:
-        """Write the parts for ``records`` without registering them: until the caller commits
-        them they are orphans, which the next start deletes."""
+        """Write the parts for ``records`` on this thread without registering them: until the
+        caller commits them they are orphans, which the next start deletes."""
+        return self._write(self.read(records), self._next_seq())
+
+    def read(self, records: Sequence[ImageRecord]) -> list[Finished]:
+        """The stored answers of ``records``, from the checkpoint database (its thread only)."""
+        return [Finished(record, self._answer(record)) for record in records]
+
+    def _answer(self, record: ImageRecord) -> StoredResponse | None:
+        # A failed image has no answer to clean: it gets an images row and no offers.
+        if record.status == "failed" or record.response_id is None:
+            return None
+        return self.state.response(record.response_id)
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _write(
+        self, finished: Sequence[Finished], seq: int
+    ) -> tuple[list[PartRecord], BatchResult]:
+        """Clean, encode and durably write part ``seq``. Touches neither the checkpoint database
+        nor this exporter's state, so it may run in a worker thread."""
         match_rows: list[tuple[Lineage, Offer]] = []
         image_rows: list[ImageRow] = []
-        for record in records:
-            image_row, offers = self.clean(record)
+        for item in finished:
+            image_row, offers = self.clean(item)
             image_rows.append(image_row)
             match_rows.extend(offers)
-        self._seq += 1
         run_id, run_date = self.run.run_id, self.run.run_date
         parts = [
-            self.feed.write_part("matches", run_id, run_date, self._seq, matches_table(match_rows)),
-            self.feed.write_part("images", run_id, run_date, self._seq, images_table(image_rows)),
+            self.feed.write_part("matches", run_id, run_date, seq, matches_table(match_rows)),
+            self.feed.write_part("images", run_id, run_date, seq, images_table(image_rows)),
         ]
+        records = [item.record for item in finished]
         failed = sum(r.status == "failed" for r in records)
         return parts, BatchResult(
             images_ok=len(records) - failed,
@@ -82,9 +140,10 @@ class Exporter:
             match_rows=len(match_rows),
         )
 
-    def clean(self, record: ImageRecord) -> tuple[ImageRow, list[tuple[Lineage, Offer]]]:
+    def clean(self, finished: Finished) -> tuple[ImageRow, list[tuple[Lineage, Offer]]]:
         """One finished image as its images row and its matches rows."""
-        if record.status == "failed" or record.response_id is None:
+        record, stored = finished.record, finished.answer
+        if stored is None:
             failed = ImageRow(
                 query_path=record.path,
                 query_sha256=record.sha256,
@@ -101,8 +160,7 @@ class Exporter:
                 preprocess_steps=record.steps,
             )
             return failed, []
-        stored = self.state.response(record.response_id)
-        cleaned = parse_response(stored.protocol, stored.raw_body, self.filters)  # type: ignore[arg-type]
+        cleaned = parse_response(stored.protocol, stored.raw_body, self.filters)
         lineage = Lineage(
             query_path=record.path,
             query_sha256=record.sha256 or stored.sha256,
@@ -121,8 +179,3 @@ class Exporter:
             preprocess_steps=record.steps,
         )
         return row, [(lineage, offer) for offer in cleaned.offers]
-
-
-def _seq_of(part_name: str) -> int:
-    # part-<run_id>-<seq>.parquet
-    return int(part_name.rsplit("-", 1)[1].split(".", 1)[0])

@@ -17,8 +17,8 @@ goes on whatever single images do:
 
 Workers exit by themselves if the process that owns the pool dies (SIGKILL, OOM killer): no
 orphans keep running. They start with the ``forkserver`` method where available (a clean process
-forked from a small server that has already imported Pillow; ``fork`` from a threaded asyncio
-process is unsafe), else ``spawn``.
+forked from a small server that has already imported :mod:`engine.imaging`, Pillow and its AVIF
+and HEIF decoders; ``fork`` from a threaded asyncio process is unsafe), else ``spawn``.
 """
 
 from __future__ import annotations
@@ -272,7 +272,9 @@ def _available_cpus() -> int:
 def _worker_context() -> multiprocessing.context.BaseContext:
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
-        # Workers fork from a server that already imported Pillow: cheap (re)starts.
-        context.set_forkserver_preload(["engine.preprocess"])
+        # Workers fork from a server that already imported Pillow and registered its AVIF and
+        # HEIF decoders: cheap (re)starts. Under spawn, each worker imports them on its first
+        # image (engine.preprocess.prepare_image does).
+        context.set_forkserver_preload(["engine.imaging"])
         return context
     return multiprocessing.get_context("spawn")

@@ -10,7 +10,8 @@ One run is a pipeline of asyncio tasks joined by bounded queues::
   read, unchanged files with a fresh stored answer go straight to the exporter.
 * Preprocessors prepare the JPEG in the process pool and learn the photo's SHA-256. Photos with
   the same bytes share one search: the first starts it, the others wait on it.
-* Searchers pass every HTTP attempt through the call gate; the answer is stored verbatim in the
+* Searchers pass every HTTP attempt through a call gate of the app the search went to (an app
+  pool: several apps spread the searches); the answer is stored verbatim in the
   checkpoint database before anything else happens to it.
 * The exporter cleans stored answers into rows and writes Parquet parts; the same transaction
   that registers a part marks its images exported.
@@ -30,13 +31,14 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 
 from engine.accounting import CallAccount
+from engine.apps import AppPool
 from engine.batcher import PartBatcher
 from engine.breaker import OutageBreaker
-from engine.client import GatewayClient, SearchResult
+from engine.client import SearchResult
 from engine.credentials import Credentials
 from engine.discover import Candidate, DiscoveryReport, discover
 from engine.endpoint import open_endpoint, token_store_for
@@ -57,8 +59,9 @@ from engine.outcome import ExitCode, Interrupted, RunOutcome, completed_outcome,
 from engine.pool import PreprocessPool
 from engine.preprocess import PreparedImage
 from engine.progress import Counters, Progress
-from engine.ratelimit import BudgetExhausted, CallGate
+from engine.ratelimit import BudgetExhausted, CallBudget
 from engine.reuse import AnswerReuse
+from engine.shard import photo_key
 from engine.state import NewAnswer, Run, StateStore
 from engine.summary import run_manifest, run_summary
 
@@ -77,8 +80,7 @@ class JobRunner:
         state: StateStore,
         run: Run,
         *,
-        client: GatewayClient,
-        gate: CallGate,
+        client: AppPool,
         pool: PreprocessPool,
         stop: asyncio.Event,
         stop_signal: Callable[[], int | None],
@@ -87,11 +89,10 @@ class JobRunner:
         self.state = state
         self.run = run
         self.client = client
-        self.gate = gate
         self.pool = pool
         self.stop = stop
         self.stop_signal = stop_signal
-        self.feed = Feed(job.out, job.zstd_level)
+        self.feed = Feed(job.out, job.zstd_level, job.shard)
         self.exporter = Exporter(state, self.feed, run, job.filters, job.gateway.protocol)
         self.reuse = AnswerReuse(
             state,
@@ -101,7 +102,9 @@ class JobRunner:
         )
         self.searches = InFlightSearches()
         self.breaker = OutageBreaker(job.engine.max_consecutive_failures)
-        self.calls = CallAccount(state, run.run_id, gate)
+        apps = len(client.apps)
+        rate = job.gateway.rate_text + (f" per app, {apps} apps" if apps > 1 else "")
+        self.calls = CallAccount(state, run.run_id, client.budget, rate)
         self.counters = Counters()
         self.discovery = DiscoveryReport()
         self.limit_reached = False
@@ -148,7 +151,7 @@ class JobRunner:
         """After a signal: admit no new call, give the calls in flight a short grace to be
         answered and stored (they are paid for), then cancel whatever is left."""
         self.winding_down = "interrupted"
-        self.gate.close()
+        self.client.budget.close()
         try:
             async with asyncio.timeout(STOP_GRACE_SECONDS):
                 await asyncio.shield(pipeline)
@@ -178,8 +181,10 @@ class JobRunner:
         async for candidate in discover(self.job.inputs, self.discovery):
             if self.winding_down is not None:
                 break
-            self.counters.discovered += 1
             path = str(candidate.path)
+            if not self.job.shard.owns(photo_key(path)):
+                continue  # another shard's photo: not counted, not recorded
+            self.counters.discovered += 1
             record = self.state.image(run_id, path)
             # Within a run, a photo with rows (or an answer) is settled even if the file has
             # changed since: its rows stay exactly once, and the next run sees the change.
@@ -306,8 +311,8 @@ class JobRunner:
 
     # -- clean and store --------------------------------------------------------------------
 
-    def _flush(self, paths: list[str]) -> None:
-        batch = self.exporter.export_finished(paths)
+    async def _flush(self, paths: list[str]) -> None:
+        batch = await self.exporter.export_finished(paths)
         if batch is None:
             return
         self.counters.exported_ok += batch.images_ok
@@ -350,14 +355,16 @@ class JobRunner:
 async def run_job(
     job: Job,
     *,
-    credentials: Credentials | None = None,
+    credentials: Credentials | Sequence[Credentials] | None = None,
     fresh: bool = False,
     stop: asyncio.Event | None = None,
     stop_signal: Callable[[], int | None] = lambda: None,
     progress_interval: float | None = None,
 ) -> RunOutcome:
     """Run (or resume) ``job`` to completion or to a clean stop. Never raises for expected
-    conditions: the outcome carries the exit code and a message that says what to do."""
+    conditions: the outcome carries the exit code and a message that says what to do.
+    ``credentials`` (one app or several) win over the environment's and the credentials
+    file's."""
     stop = stop or asyncio.Event()
     missing = [str(p) for p in job.inputs.paths if not p.exists()]
     if missing:
@@ -367,21 +374,23 @@ async def run_job(
             ExitCode.CONFIG, None, f"inputs.paths: {', '.join(missing)} does not exist"
         )
     try:
-        state = StateStore(job.out)
+        state = StateStore(job.out, job.shard)
     except StorageError as exc:
         return RunOutcome(ExitCode.STORAGE, None, str(exc))
     runner: JobRunner | None = None
     try:
-        run = open_run(state, Feed(job.out, job.zstd_level), job, fresh=fresh)
+        run = open_run(state, Feed(job.out, job.zstd_level, job.shard), job, fresh=fresh)
         async with AsyncExitStack() as stack:
-            base_url, credentials = await open_endpoint(stack, job, credentials)
-            gate = CallGate(job.gateway.rate, budget=job.max_calls)
+            base_url, apps = await open_endpoint(stack, job, credentials)
+            # One budget for the run, whatever the number of apps and gates drawing on it.
+            budget = CallBudget(job.max_calls)
             client = await stack.enter_async_context(
-                GatewayClient(
+                AppPool(
                     base_url=base_url,
                     protocol=job.gateway.protocol,
-                    credentials=credentials,
-                    gate=gate,
+                    apps=apps,
+                    windows=job.gateway.windows,
+                    budget=budget,
                     retry=job.gateway.retry,
                     token_store=token_store_for(job),
                 )
@@ -394,12 +403,13 @@ async def run_job(
                 state,
                 run,
                 client=client,
-                gate=gate,
                 pool=pool,
                 stop=stop,
                 stop_signal=stop_signal,
             )
-            progress = Progress(runner.counters, gate, interval=progress_interval)
+            progress = Progress(
+                runner.counters, client.gates, budget=budget, interval=progress_interval
+            )
             reporter = asyncio.create_task(progress.run())
             try:
                 return await _execute(runner)

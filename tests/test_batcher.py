@@ -14,7 +14,7 @@ class Recorder:
         self.batches: list[list[str]] = []
         self.flushed = asyncio.Event()
 
-    def __call__(self, paths: list[str]) -> None:
+    async def __call__(self, paths: list[str]) -> None:
         self.batches.append(list(paths))
         self.flushed.set()
 
@@ -48,7 +48,7 @@ async def test_a_trickle_is_flushed_after_flush_seconds_without_more_input() -> 
 
 
 async def test_an_error_in_flush_ends_the_batcher_with_that_error() -> None:
-    def broken(paths: list[str]) -> None:
+    async def broken(paths: list[str]) -> None:
         raise OSError("disk full")
 
     batcher = PartBatcher(broken, part_images=1, flush_seconds=3600, queue_size=10)
@@ -57,3 +57,28 @@ async def test_an_error_in_flush_ends_the_batcher_with_that_error() -> None:
     with pytest.raises(OSError, match="disk full"):
         async with asyncio.timeout(5):
             await task
+
+
+async def test_one_flush_at_a_time() -> None:
+    release, first = asyncio.Event(), asyncio.Event()
+    started: list[list[str]] = []
+
+    async def slow(paths: list[str]) -> None:
+        started.append(list(paths))
+        first.set()
+        await release.wait()  # a part still being written in a worker thread
+
+    batcher = PartBatcher(slow, part_images=2, flush_seconds=3600, queue_size=10)
+    task = asyncio.create_task(batcher.run())
+    for name in "abcd":
+        await batcher.put(name)
+    async with asyncio.timeout(5):
+        await first.wait()
+    for _ in range(10):  # give a second flush every chance to start
+        await asyncio.sleep(0)
+    assert started == [["a", "b"]]  # c and d wait: one batch in memory at a time
+    release.set()
+    await batcher.close()
+    async with asyncio.timeout(5):
+        await task
+    assert started == [["a", "b"], ["c", "d"], []]

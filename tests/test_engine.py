@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from collections import Counter
@@ -21,7 +22,10 @@ from engine.outcome import ExitCode
 from engine.ratelimit import Rate
 from engine.runner import run_job
 from engine.sandbox import Faults, Sandbox, SandboxConfig
+from engine.sandbox.faults import Fault, FaultPicker
+from engine.shard import Shard
 from engine.state import StateStore
+from tests.gateway_kit import UNRESOLVABLE
 from tests.paths import SAMPLES
 
 FAST = Rate(1000, 1.0)
@@ -244,6 +248,33 @@ async def test_injected_faults_are_retried_and_the_job_completes(
     assert all(stats["faults"][kind] > 0 for kind in ("5xx", "malformed", "drop"))
     images = read_table(tmp_path / "out", "images").to_table()
     assert set(images.column("status").to_pylist()) == {"ok"}
+
+
+@pytest.mark.parametrize("protocol", ["ocean", "seed"])
+async def test_a_system_busy_business_failure_is_retried_and_the_photo_ends_ok(
+    protocol: str, query_dir: Path, tmp_path: Path
+) -> None:
+    photos = tmp_path / "one"
+    photos.mkdir()
+    shutil.copy(image_files(query_dir)[0], photos / "photo.jpg")
+    faults = Faults(busy=0.5, seed=15)
+    draws = FaultPicker(faults)
+    assert [draws.decide().fault for _ in range(3)] == [Fault.BUSY, None, None]
+    config = SandboxConfig(rate=FAST, faults=faults)
+    async with Sandbox(config) as sandbox:
+        job = make_job(photos, tmp_path / "out", sandbox.url, protocol=protocol)
+        outcome = await run_job(job, credentials=creds(config))
+        stats = sandbox.stats()
+    assert outcome.exit_code == ExitCode.OK, outcome.message
+    assert stats["faults"]["busy"] == 1
+    images = read_table(tmp_path / "out", "images").to_table().to_pylist()
+    assert [(row["status"], row["failure_reason"]) for row in images] == [("ok", None)]
+    assert images[0]["offers_kept"] > 0
+    assert (
+        images[0]["calls"]
+        == stats["total_calls"]
+        == (stats["faults"]["busy"] + (2 if protocol == "ocean" else 1))
+    )
 
 
 async def test_call_budget_stops_cleanly_and_the_next_run_continues(
@@ -512,3 +543,148 @@ async def test_a_gateway_outage_stops_the_job_and_the_resume_retries_its_photos(
     assert resumed.run_id == stopped.run_id
     statuses = read_table(out, "images").to_table().column("status").to_pylist()
     assert len(statuses) == len(image_files(query_dir)) and set(statuses) == {"ok"}
+
+
+# --- shards: N processes split one job, writing into one output directory -------------------
+
+OFFER_COLUMNS = ["query_path", "rank", "item_id", "title", "price_min", "min_order", "freight"]
+
+
+def feed_contents(out: Path) -> tuple[Counter[str], list[tuple[object, ...]]]:
+    """How often each photo appears in ``images``, and every offer row of ``matches``."""
+    paths = read_table(out, "images").to_table().column("query_path").to_pylist()
+    offers = read_table(out, "matches").to_table(columns=OFFER_COLUMNS).to_pylist()
+    return Counter(paths), sorted(tuple(row.values()) for row in offers)
+
+
+def shard_of_each_photo(out: Path) -> dict[str, set[str]]:
+    """The photos each shard's manifest-listed run published, by shard."""
+    rows = read_table(out, "images").to_table(columns=["run_id", "query_path"]).to_pylist()
+    runs = {
+        json.loads((out / f"manifest-shard-{i}-of-2.json").read_text())["run_id"]: f"{i}/2"
+        for i in range(2)
+    }
+    taken: dict[str, set[str]] = {shard: set() for shard in runs.values()}
+    for row in rows:
+        taken[runs[row["run_id"]]].add(row["query_path"])
+    return taken
+
+
+async def test_two_shards_one_after_the_other_make_exactly_one_unsharded_runs_feed(
+    sandbox: Sandbox, query_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    whole = tmp_path / "whole"
+    unsharded = await run_job(
+        make_job(query_dir, whole, sandbox.url), credentials=creds(sandbox.config)
+    )
+    assert unsharded.exit_code == ExitCode.OK, unsharded.message
+    out = tmp_path / "sharded"
+    job = make_job(query_dir, out, sandbox.url)
+    first, second = job.with_overrides(shard=Shard(0, 2)), job.with_overrides(shard=Shard(1, 2))
+
+    stopped = await run_job(first.with_overrides(max_calls=4), credentials=creds(sandbox.config))
+    capsys.readouterr()
+    assert main(["status", str(out), "--json"]) == 0
+    partial = json.loads(capsys.readouterr().out)
+    done = await run_job(second, credentials=creds(sandbox.config))
+    only_one = (out / "_SUCCESS").exists()
+    resumed = await run_job(first, credentials=creds(sandbox.config))
+
+    assert stopped.exit_code == ExitCode.STOPPED_EARLY
+    assert [s["shard"] for s in partial["shards"]] == ["0/2"]
+    assert partial["shards"][0]["state"] == "unfinished" and partial["not_started"] == ["1/2"]
+    assert done.exit_code == ExitCode.OK, done.message
+    assert not only_one and (out / "_SUCCESS-shard-1-of-2").exists()
+    assert resumed.exit_code == ExitCode.OK, resumed.message
+    assert resumed.run_id == stopped.run_id
+    assert (out / "_SUCCESS").exists() and (out / "_SUCCESS-shard-0-of-2").exists()
+    photos, offers = feed_contents(out)
+    assert photos == Counter(map(str, image_files(query_dir)))  # each exactly once
+    assert (photos, offers) == feed_contents(whole)
+    taken = shard_of_each_photo(out)
+    assert taken["0/2"] and taken["1/2"]
+    assert all(Shard(0, 2).owns(p) for p in taken["0/2"])
+    assert all(Shard(1, 2).owns(p) for p in taken["1/2"])
+    parts = sorted(str(p.relative_to(out)) for p in out.rglob("*.parquet"))
+    assert all(("-s0of2-" in p) != ("-s1of2-" in p) for p in parts)
+    dataset = json.loads((out / "manifest.json").read_text())
+    assert sorted(f["path"] for f in dataset["files"]) == parts
+    assert dataset["rows"] == {"matches": len(offers), "images": sum(photos.values())}
+    assert [s["run_id"] for s in dataset["shards"]] == [resumed.run_id, done.run_id]
+    assert not (out / "state.sqlite").exists() and not (out / ".lock").exists()
+
+    calls = sandbox.stats()["total_calls"]
+    recleaned = reclean(out)
+    assert sandbox.stats()["total_calls"] == calls
+    assert set(recleaned["shards"]) == {"0/2", "1/2"}  # type: ignore[arg-type]
+    assert recleaned["match_rows"] == len(offers)
+    assert feed_contents(out) == (photos, offers)
+    assert (out / "_SUCCESS").exists()
+
+
+async def test_two_shards_running_at_once_share_one_output_directory(
+    sandbox: Sandbox, query_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    job = make_job(query_dir, out, sandbox.url)
+
+    outcomes = await asyncio.gather(
+        *(
+            run_job(job.with_overrides(shard=Shard(i, 2)), credentials=creds(sandbox.config))
+            for i in range(2)
+        )
+    )
+
+    assert [o.exit_code for o in outcomes] == [ExitCode.OK, ExitCode.OK], outcomes
+    assert (out / "_SUCCESS").exists()
+    photos, offers = feed_contents(out)
+    assert photos == Counter(map(str, image_files(query_dir))) and offers
+    capsys.readouterr()
+    assert main(["status", str(out), "--json"]) == 0
+    state = json.loads(capsys.readouterr().out)
+    assert [(s["shard"], s["state"], s["success_marker"]) for s in state["shards"]] == [
+        ("0/2", "complete", True),
+        ("1/2", "complete", True),
+    ]
+    assert state["success_marker"] is True and state["not_started"] == []
+    assert sum(sum(s["images"].values()) for s in state["shards"]) == sum(photos.values())
+
+
+@pytest.mark.parametrize("spec", ["2/2", "1/0", "-1/2", "half"])
+def test_a_bad_shard_is_a_configuration_error(
+    spec: str, tmp_path: Path, write_job, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = write_job(
+        inputs={"paths": [str(tmp_path)]},
+        output={"dir": str(tmp_path / "out")},
+        gateway={"endpoint": "sandbox"},
+    )
+    with pytest.raises(SystemExit) as exited:
+        main(["run", str(job), f"--shard={spec}"])
+    assert exited.value.code == ExitCode.CONFIG == 2
+    assert "--shard" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("where", "says"), [("refusing", "Connection refused"), ("unresolvable", "does not resolve")]
+)
+async def test_an_unreachable_gateway_stops_the_job_at_once_and_spends_no_call(
+    query_dir: Path, tmp_path: Path, refusing_url: str, where: str, says: str
+) -> None:
+    url = refusing_url if where == "refusing" else UNRESOLVABLE
+    out = tmp_path / "out"
+    job = make_job(query_dir, out, url, gateway={"attempts": 3})
+
+    outcome = await run_job(job, credentials=Credentials("app-key-1", "app-secret-1", "token-1"))
+
+    assert outcome.exit_code == ExitCode.FATAL_GATEWAY
+    assert outcome.message.startswith("cannot reach the gateway")
+    assert url in outcome.message and says in outcome.message
+    assert "gateway.endpoint" in outcome.message  # the fix
+    assert "app-secret-1" not in outcome.message and "token-1" not in outcome.message
+    # Not one attempt left this machine: none is spent, in the summary or the checkpoints.
+    assert outcome.summary["calls_this_run"] == outcome.summary["calls_this_invocation"] == 0
+    with StateStore(out) as state:
+        assert state.calls_spent(outcome.run_id) == 0
+    assert "failed" not in outcome.summary["status"]  # the photos wait for the next run

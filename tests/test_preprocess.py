@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+import engine.imaging
 from engine.commands import preprocess as command
 from engine.preprocess import (
     REASONS,
@@ -240,8 +241,26 @@ def _cmyk_jpeg_without_adobe_marker(cmyk: tuple[int, int, int, int]) -> bytes:
     return stripped
 
 
+# sRGB's and Adobe RGB (1998)'s primaries as ICC profiles hold them: linear RGB -> XYZ (D50).
+_SRGB_TO_XYZ = (
+    (0.4360747, 0.3850649, 0.1430804),
+    (0.2225045, 0.7168786, 0.0606169),
+    (0.0139322, 0.0971045, 0.7141733),
+)
+_ADOBE_TO_XYZ = (
+    (0.60974, 0.20528, 0.14919),
+    (0.31111, 0.62567, 0.06322),
+    (0.01947, 0.06087, 0.74457),
+)
+_ADOBE_GAMMA = 563 / 256  # 2.2 as a u8Fixed8, exactly what Adobe's profile stores
+
+
 def _s15(value: float) -> bytes:
     return struct.pack(">i", round(value * 65536))
+
+
+def _xyz(x: float, y: float, z: float) -> bytes:
+    return b"XYZ " + bytes(4) + _s15(x) + _s15(y) + _s15(z)
 
 
 def _lab16(rgb: tuple[int, int, int]) -> list[int]:
@@ -249,12 +268,7 @@ def _lab16(rgb: tuple[int, int, int]) -> list[int]:
     linear = [
         c / 255 / 12.92 if c / 255 <= 0.04045 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in rgb
     ]
-    matrix = (
-        (0.4360747, 0.3850649, 0.1430804),
-        (0.2225045, 0.7168786, 0.0606169),
-        (0.0139322, 0.0971045, 0.7141733),
-    )
-    x, y, z = (sum(m * c for m, c in zip(row, linear, strict=True)) for row in matrix)
+    x, y, z = (sum(m * c for m, c in zip(row, linear, strict=True)) for row in _SRGB_TO_XYZ)
 
     def f(t: float) -> float:
         return t ** (1 / 3) if t > (6 / 29) ** 3 else t / (3 * (6 / 29) ** 2) + 4 / 29
@@ -276,15 +290,17 @@ def cmyk_icc_profile(corner: Callable[[int, int, int, int], tuple[int, int, int]
     ramp = struct.pack(">2H", 0, 65535)
     lut = b"mft2" + bytes(4) + bytes([4, 3, 2, 0]) + identity + struct.pack(">HH", 2, 2)
     lut += ramp * 4 + clut + ramp * 3
-    name = b"test CMYK"
-    desc = b"desc" + bytes(4) + struct.pack(">I", len(name) + 1) + name + b"\0" + bytes(8 + 3 + 67)
-    white = b"XYZ " + bytes(4) + _s15(0.9642) + _s15(1.0) + _s15(0.8249)
     tags = [
-        (b"desc", desc),
-        (b"wtpt", white),
+        (b"desc", _desc(b"test CMYK")),
+        (b"wtpt", _xyz(0.9642, 1.0, 0.8249)),
         (b"cprt", b"text" + bytes(4) + b"none\0"),
         (b"A2B0", lut),
     ]
+    return _icc_profile(b"prtrCMYKLab ", tags)
+
+
+def _icc_profile(kind: bytes, tags: list[tuple[bytes, bytes]]) -> bytes:
+    """An ICC v2 profile: ``kind`` is the device class, colour space and PCS signatures."""
     offset = 128 + 4 + 12 * len(tags)
     table = body = b""
     for signature, data in tags:
@@ -292,10 +308,14 @@ def cmyk_icc_profile(corner: Callable[[int, int, int, int], tuple[int, int, int]
         table += signature + struct.pack(">II", offset + len(body), len(data))
         body += data
     header = struct.pack(">I", offset + len(body)) + bytes(4) + struct.pack(">I", 0x02100000)
-    header += b"prtrCMYKLab " + bytes(12) + b"acsp" + bytes(28)
+    header += kind + bytes(12) + b"acsp" + bytes(28)
     header += _s15(0.9642) + _s15(1.0) + _s15(0.8249) + bytes(48)
     assert len(header) == 128
     return header + struct.pack(">I", len(tags)) + table + body
+
+
+def _desc(name: bytes) -> bytes:
+    return b"desc" + bytes(4) + struct.pack(">I", len(name) + 1) + name + b"\0" + bytes(8 + 3 + 67)
 
 
 def _press_red(c: int, m: int, y: int, k: int) -> tuple[int, int, int]:
@@ -408,9 +428,12 @@ def test_float_samples_are_scaled() -> None:
 # ---------------------------------------------------------------- orientation
 
 
-def _upright(width: int, height: int) -> Image.Image:
-    """Grey with a red block top-left and a blue block top-right: no symmetry survives."""
-    img = Image.new("RGB", (width, height), (128, 128, 128))
+def _upright(
+    width: int, height: int, background: tuple[int, int, int] = (128, 128, 128)
+) -> Image.Image:
+    """Grey (or ``background``) with a red block top-left and a blue block top-right: no
+    symmetry survives."""
+    img = Image.new("RGB", (width, height), background)
     block_w, block_h = width // 4, height // 4
     img.paste(RED, (0, 0, block_w, block_h))
     img.paste(BLUE, (width - block_w, 0, width, block_h))
@@ -455,6 +478,95 @@ def test_an_invalid_orientation_counts_as_none(orientation: int) -> None:
     assert "exif_transpose" not in result.steps
     assert (result.width, result.height) == (300, 200)
     assert near(decoded(result).getpixel((10, 10)), RED, tolerance=30)
+
+
+def adobe_rgb_profile() -> bytes:
+    """An ICC v2 display profile for Adobe RGB (1998): a wider gamut than sRGB, in greens."""
+    gamma = b"curv" + bytes(4) + struct.pack(">IH", 1, round(_ADOBE_GAMMA * 256))
+    columns = list(zip(*_ADOBE_TO_XYZ, strict=True))  # the XYZ of each primary
+    tags = [
+        (b"desc", _desc(b"test Adobe RGB (1998)")),
+        (b"wtpt", _xyz(0.9642, 1.0, 0.8249)),
+        (b"cprt", b"text" + bytes(4) + b"none\0"),
+        (b"rXYZ", _xyz(*columns[0])),
+        (b"gXYZ", _xyz(*columns[1])),
+        (b"bXYZ", _xyz(*columns[2])),
+        (b"rTRC", gamma),
+        (b"gTRC", gamma),
+        (b"bTRC", gamma),
+    ]
+    return _icc_profile(b"mntrRGB XYZ ", tags)
+
+
+def adobe_to_srgb(rgb: tuple[int, int, int]) -> tuple[int, ...]:
+    """What an Adobe RGB colour is in sRGB, by the two profiles' matrices and curves."""
+    linear = (np.array(rgb) / 255) ** _ADOBE_GAMMA
+    srgb = np.linalg.solve(np.array(_SRGB_TO_XYZ), np.array(_ADOBE_TO_XYZ) @ linear)
+    assert srgb.min() >= 0 and srgb.max() <= 1, "out of the sRGB gamut: pick another colour"
+    encoded = np.where(srgb <= 0.0031308, srgb * 12.92, 1.055 * srgb ** (1 / 2.4) - 0.055)
+    return tuple(int(v) for v in np.round(encoded * 255))
+
+
+# A green the naive reading (Adobe RGB values taken as sRGB) gets wrong by 54 in red.
+ADOBE_GREEN = (90, 150, 110)
+
+
+def phone_photo(fmt: str, orientation: int = 6) -> bytes:
+    """What a phone writes: an upright 1200x900 picture stored turned, with its EXIF
+    orientation and a wide-gamut (Adobe RGB) profile; the background is :data:`ADOBE_GREEN`."""
+    upright = _upright(1200, 900, background=ADOBE_GREEN)
+    transpose = _STORE[orientation]
+    stored = upright if transpose is None else upright.transpose(transpose)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(stored, fmt, quality=95, exif=exif.tobytes(), icc_profile=adobe_rgb_profile())
+
+
+def assert_upright_in_srgb(img: Image.Image) -> None:
+    """The picture of :func:`phone_photo`, shown upright at 800x600 and converted to sRGB."""
+    assert img.size == (800, 600)
+    assert near(img.getpixel((40, 40)), RED, tolerance=30)
+    assert near(img.getpixel((760, 40)), BLUE, tolerance=30)
+    expected = adobe_to_srgb(ADOBE_GREEN)
+    assert abs(expected[0] - ADOBE_GREEN[0]) > 40  # the profile matters for this colour
+    assert near(img.getpixel((400, 450)), expected, tolerance=6)
+
+
+@pytest.mark.parametrize("fmt", ["AVIF", "HEIF"])
+def test_phone_photos_come_out_upright_and_in_srgb(fmt: str) -> None:
+    result = prepared(phone_photo(fmt))
+    assert result.source_format == fmt
+    assert "icc->srgb" in result.steps
+    assert_upright_in_srgb(assert_gateway_ready(result, PreprocessOptions()))
+
+
+@pytest.mark.parametrize("fmt", ["AVIF", "HEIF"])
+def test_phone_photos_without_a_profile_are_taken_as_srgb(fmt: str) -> None:
+    source = encode(_upright(300, 200, background=ADOBE_GREEN), fmt, quality=95)
+    result = prepared(source)
+    assert not any(step.startswith("icc") for step in result.steps)
+    assert near(decoded(result).getpixel((150, 150)), ADOBE_GREEN, tolerance=6)
+
+
+def test_avif_without_libavif_fails_only_its_photo_and_says_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A Pillow built without libavif: no AVIF plugin registered, features.check("avif") false.
+    monkeypatch.setattr(Image, "ID", [name for name in Image.ID if name != "AVIF"])
+    monkeypatch.setattr(engine.imaging, "AVIF_DECODER", False)
+    result = prepare_image(phone_photo("AVIF"))
+    assert isinstance(result, PreprocessFailure)
+    assert result.reason == "unsupported_format"
+    assert "libavif" in result.message
+    assert prepared(phone_photo("HEIF")).source_format == "HEIF"
+
+
+def test_other_decodable_formats_are_still_refused() -> None:
+    for data in (encode(photo(32, 32), "ICO"), encode(photo(32, 32), "TGA")):
+        result = prepare_image(data)
+        assert isinstance(result, PreprocessFailure)
+        assert result.reason == "unsupported_format"
+        assert "AVIF and HEIC/HEIF are" in result.message
 
 
 def test_orientation_applies_to_the_draft_of_a_huge_portrait(tmp_path: Path) -> None:
@@ -561,7 +673,7 @@ def _png_claiming(width: int, height: int) -> bytes:
         (
             b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic",
             PreprocessOptions(),
-            "unsupported_format",
+            "not_an_image",
         ),
         (encode(photo(64, 64), "PNG")[:40], PreprocessOptions(), "truncated"),
     ],
@@ -574,7 +686,7 @@ def _png_claiming(width: int, height: int) -> bytes:
         "small-max-input-bytes",
         "pdf",
         "ico",
-        "heic",
+        "heic-ftyp-box-only",
         "png-header-cut",
     ],
 )
@@ -589,7 +701,7 @@ def test_bad_inputs_fail_with_a_specific_reason(
     assert not result.ok
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "WEBP"])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "WEBP", "AVIF", "HEIF"])
 def test_truncated_files_are_reported_not_patched(fmt: str) -> None:
     data = encode(photo(500, 400, seed=7), fmt)
     result = prepare_image(data[: len(data) * 2 // 3])
@@ -696,3 +808,22 @@ def test_cli_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[s
     with pytest.raises(SystemExit) as exit_info:
         _cli([str(tmp_path), "--quality", "0"])
     assert exit_info.value.code == 2
+
+
+def test_cli_finds_phone_photos_and_prepares_them_in_worker_processes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, out = tmp_path / "camera-roll", tmp_path / "out"
+    folder.mkdir()
+    (folder / "IMG_0001.HEIC").write_bytes(phone_photo("HEIF"))
+    (folder / "PXL_0002.avif").write_bytes(phone_photo("AVIF", orientation=8))
+    assert _cli([str(folder), "--json", "--out", str(out)]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["path"].rsplit("/", 1)[1], r["source_format"]) for r in records] == [
+        ("IMG_0001.HEIC", "HEIF"),
+        ("PXL_0002.avif", "AVIF"),
+    ]
+    for record in records:
+        assert "icc->srgb" in record["steps"]
+        with Image.open(record["out"]) as img:
+            assert_upright_in_srgb(img.convert("RGB"))

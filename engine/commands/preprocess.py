@@ -10,18 +10,22 @@ when it ran, whatever each file's outcome; 2 for usage errors.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
-from engine.discover import DiscoveryReport, discover
-from engine.jobfile import DEFAULT_EXTENSIONS, Inputs
-from engine.pool import PreprocessPool
-from engine.preprocess import Prepared, PreparedImage, PreprocessFailure, PreprocessOptions
+from engine.preprocess import (
+    PHOTO_EXTENSIONS,
+    Prepared,
+    PreparedImage,
+    PreprocessFailure,
+    PreprocessOptions,
+)
+
+# asyncio, discovery (the job file's inputs) and the pool are imported where they are used:
+# other commands build this parser without loading them.
 
 _DEFAULTS = PreprocessOptions()
 
@@ -34,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description=(
             "Prepare photos exactly as a job would and show, per file, the JPEG that would be "
             "sent (size, bytes, quality, steps) or why it cannot be. Directories are walked "
-            "recursively for " + ", ".join(DEFAULT_EXTENSIONS) + "."
+            "recursively for " + ", ".join(PHOTO_EXTENSIONS) + "."
         ),
     )
     parser.add_argument("paths", nargs="+", type=Path, metavar="FILE_OR_DIR")
@@ -92,12 +96,17 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             _usage_error(f"cannot create --out {args.out}: {exc.strerror or exc}")
             return 2
+    import asyncio
+
     return asyncio.run(_main(args.paths, options, args.out, args.json))
 
 
 async def _main(
     paths: list[Path], options: PreprocessOptions, out: Path | None, as_json: bool
 ) -> int:
+    from engine.discover import DiscoveryReport, discover
+    from engine.jobfile import Inputs
+
     report = DiscoveryReport()
     found: list[tuple[Path, Path]] = []
     for root in paths:
@@ -128,6 +137,10 @@ def _output_names(jobs: Iterable[tuple[Path, Path]]) -> Iterator[tuple[Path, Pat
 async def _prepare_all(
     jobs: list[tuple[Path, Path]], options: PreprocessOptions, out: Path | None, as_json: bool
 ) -> int:
+    import asyncio
+
+    from engine.pool import PreprocessPool
+
     outcomes: Counter[str] = Counter()
     write_errors = 0
     async with PreprocessPool(options=options) as pool:
@@ -153,7 +166,7 @@ async def _prepare_all(
 
 def _render(path: Path, result: Prepared, written: Path | None, as_json: bool) -> str:
     if as_json:
-        record: dict[str, Any] = {"path": str(path), "ok": result.ok}
+        record: dict[str, object] = {"path": str(path), "ok": result.ok}
         if isinstance(result, PreparedImage):
             record |= {
                 "width": result.width,

@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import signal
 import sys
 from pathlib import Path
-
-import pyarrow.compute as pc
-import pyarrow.dataset as ds
+from typing import TYPE_CHECKING
 
 from engine.errors import ConfigError
-from engine.jobfile import Job, load_job
 from engine.outcome import ExitCode, RunOutcome
-from engine.ratelimit import Rate
-from engine.runner import run_job
+from engine.shard import Shard
+
+# asyncio, the job file, the runner and pyarrow are imported where they are used:
+# `img1688 --help` and the other commands build this parser without loading them.
+if TYPE_CHECKING:
+    from engine.jobfile import Job
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "run",
         help="run or resume a job",
@@ -32,6 +32,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--limit", type=_positive_int, help="search at most N new images")
     parser.add_argument("--max-calls", type=_positive_int, help="spend at most N gateway calls")
     parser.add_argument("--rate", help="call limit, e.g. 10/60s (overrides gateway.rate)")
+    parser.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="I/N",
+        help="take only shard I of N of the photos (0 <= I < N); N processes, one per shard,"
+        " share one output directory (docs/shards.md)",
+    )
     parser.add_argument(
         "--fresh",
         action="store_true",
@@ -51,6 +58,13 @@ _EXIT_CODES = """exit codes:
   130  interrupted (SIGINT)    143  terminated (SIGTERM)"""
 
 
+def _shard(text: str) -> Shard:
+    try:
+        return Shard.parse(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -59,6 +73,11 @@ def _positive_int(text: str) -> int:
 
 
 def handle(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from engine.jobfile import load_job
+    from engine.ratelimit import Rate
+
     try:
         job = load_job(args.job)
         rate = Rate.parse(args.rate) if args.rate else None
@@ -70,6 +89,7 @@ def handle(args: argparse.Namespace) -> int:
         limit=args.limit,
         max_calls=args.max_calls,
         rate=rate,
+        shard=args.shard,
     )
     outcome = asyncio.run(_run(job, fresh=args.fresh))
     _report(outcome, job.out)
@@ -77,6 +97,10 @@ def handle(args: argparse.Namespace) -> int:
 
 
 async def _run(job: Job, *, fresh: bool) -> RunOutcome:
+    import asyncio
+
+    from engine.runner import run_job
+
     stop = asyncio.Event()
     received: list[int] = []
 
@@ -120,6 +144,9 @@ def _money(value: object) -> str:
 
 def _preview(out: Path, run_id: str, rows: int = 12) -> str:
     """The best offer of the first photos of the run, read back from the feed itself."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
     matches = ds.dataset(out / "matches", format="parquet", partitioning="hive")
     table = matches.to_table(
         columns=["query_path", "title", "price_min", "min_order", "unit", "city", "offer_url"],

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
 from urllib.parse import urlsplit
 
 from engine.signing import (
@@ -29,7 +28,7 @@ class UsageError(ValueError):
     """A malformed command line; the message is shown as is, with exit status 2."""
 
 
-def add_parser(subparsers: Any) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``sign ocean`` and ``sign seed``."""
     parser = subparsers.add_parser(
         "sign",
