@@ -48,7 +48,7 @@ POOL_ROUNDS = 3
 
 def seed_way(path: Path) -> str:
     """The seed's preprocessing, as its code does it."""
-    img = Image.open(path)
+    img: Image.Image = Image.open(path)
     if img.mode in ("RGBA", "P"):
         img = img.convert("RGB")
     width, height = img.size

@@ -19,7 +19,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
-from typing import Generic, TypeVar
+from typing import Generic, TypeGuard, TypeVar
 
 T = TypeVar("T")
 
@@ -66,7 +66,7 @@ def _squash(text: str) -> str:
     return re.sub(r"\s+", "", unicodedata.normalize("NFKC", text))
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float | Decimal]:
     # bool is an int subclass, but True is never a count or a price.
     return isinstance(value, int | float | Decimal) and not isinstance(value, bool)
 
@@ -132,7 +132,7 @@ def parse_int(value: object, *, minimum: int | None = None) -> Parsed[int]:
         finite = value.is_finite() if isinstance(value, Decimal) else math.isfinite(value)
         if not finite:
             return _fail("not finite", value)
-        if abs(value) > INT64_MAX + 1:  # before int(): Decimal("1e999999") would be huge
+        if not -INT64_MAX - 1 <= value <= INT64_MAX + 1:  # before int(Decimal("1e999999"))
             return _fail("out of int64 range", value)
         if value != int(value):
             return _fail("not a whole number", value)
@@ -167,7 +167,7 @@ _PRICE_TEXT = re.compile(
 )
 
 
-def _price(value: object) -> Parsed[Decimal]:
+def _price(value: int | float | Decimal | str) -> Parsed[Decimal]:
     """One non-negative price from a number or a bare numeric string."""
     if isinstance(value, float) and not math.isfinite(value):
         return _fail("not finite", value)
@@ -459,7 +459,7 @@ def parse_location(value: object) -> Parsed[tuple[str | None, str | None]]:
     text = parse_text(value)
     if text.value is None:
         return Parsed(None, text.note)
-    province, city = _split_address(_squash(text.value))
-    if province is None and city is None:
+    province_name, city_name = _split_address(_squash(text.value))
+    if province_name is None and city_name is None:
         return _fail("unrecognised address", value)
-    return Parsed((province, city), text.note)
+    return Parsed((province_name, city_name), text.note)

@@ -202,7 +202,10 @@ class ImageRow:
 def _arrow_value(value: object) -> object:
     """Records -> values pyarrow converts: tuples of dataclasses become lists of dicts."""
     if isinstance(value, tuple):
-        return [asdict(item) if is_dataclass(item) else item for item in value]
+        return [
+            asdict(item) if is_dataclass(item) and not isinstance(item, type) else item
+            for item in value
+        ]
     return value
 
 

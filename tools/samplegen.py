@@ -198,7 +198,8 @@ def _tone(colour: RGB, factor: float) -> RGB:
     if factor <= 1:
         return (round(colour[0] * factor), round(colour[1] * factor), round(colour[2] * factor))
     t = factor - 1
-    return tuple(round(c + (255 - c) * t) for c in colour)  # type: ignore[return-value]
+    red, green, blue = (round(c + (255 - c) * t) for c in colour)
+    return (red, green, blue)
 
 
 def _bottle(

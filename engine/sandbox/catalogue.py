@@ -26,8 +26,10 @@ from engine.errors import ConfigError
 
 try:
     import numpy as np
-except ImportError:  # installed without the sandbox extra
-    np = None
+except ImportError:  # installed without the sandbox extra: `np` stays unbound
+    _HAVE_NUMPY = False
+else:
+    _HAVE_NUMPY = True
 
 __all__ = [
     "DEFAULT_CATALOGUE",
@@ -170,7 +172,7 @@ class Catalogue:
         Raises :class:`ValueError` when the JSON or an image is malformed, and
         :class:`~engine.errors.ConfigError` when numpy is not installed.
         """
-        if np is None:
+        if not _HAVE_NUMPY:
             raise ConfigError(NUMPY_MISSING)
         directory = Path(directory)
         try:
@@ -242,7 +244,7 @@ def _describe(data: bytes, tilts: tuple[float, ...]) -> _Descriptor:
     fit = _OBJECT_SIDE / max(box[2] - box[0], box[3] - box[1])
     size = (max(1, round((box[2] - box[0]) * fit)), max(1, round((box[3] - box[1]) * fit)))
     crop = np.asarray(image.resize(size, Image.Resampling.BILINEAR, box=box), dtype=np.float32)
-    small_box = tuple(v / f for v, f in zip(box, (scale_x, scale_y) * 2, strict=True))
+    small_box = (box[0] / scale_x, box[1] / scale_y, box[2] / scale_x, box[3] / scale_y)
     mask_img = Image.fromarray(mask.astype(np.float32))
     crop_mask = np.asarray(mask_img.resize(size, Image.Resampling.BILINEAR, box=small_box)) > 0.5
     if not crop_mask.any():
@@ -331,9 +333,11 @@ def _cmyk_to_rgb(img: Image.Image) -> Image.Image:
     if profile:
         try:
             source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
-            return ImageCms.profileToProfile(
+            rgb = ImageCms.profileToProfile(
                 img, source, ImageCms.createProfile("sRGB"), outputMode="RGB"
             )
+            assert rgb is not None  # profileToProfile returns None only with inPlace=True
+            return rgb
         except (ImageCms.PyCMSError, OSError):
             pass  # a broken profile still leaves naive conversion, better than failing
     return img.convert("RGB")
@@ -419,7 +423,8 @@ def _kmeans(points: np.ndarray, k: int, rounds: int = 8) -> np.ndarray:
 def _majority(mask: np.ndarray, radius: int) -> np.ndarray:
     """Majority filter over a (2r+1)^2 box, to drop speckle and fill pinholes."""
     padded = np.pad(mask.astype(np.int32), radius + 1, mode="edge")
-    integral = padded.cumsum(0).cumsum(1)
+    # numpy's stubs drop cumsum's dtype (int32 sums accumulate in int64).
+    integral: np.typing.NDArray[np.int64] = padded.cumsum(0).cumsum(1)
     size = 2 * radius + 1
     h, w = mask.shape
     total = (
