@@ -23,9 +23,9 @@ from engine.client.fixes import (
     TOKEN_FIX,
     UNREACHABLE_FIX,
     USAGE_FIX,
-    _acl_fix,
-    _unknown_fix,
-    _unsupported_fix,
+    acl_fix,
+    unknown_fix,
+    unsupported_fix,
 )
 from engine.credentials import Credentials
 from engine.errors import FatalGatewayError
@@ -89,9 +89,9 @@ def test_refusals_that_concern_one_app_and_those_that_stop_the_job() -> None:
     for fix in (SIGNATURE_FIX, APP_KEY_FIX, USAGE_FIX, TOKEN_FIX):
         assert app_specific(refusal(fix)), fix
     for api in (OCEAN_UPLOAD, OCEAN_QUERY, SEED_API):
-        assert app_specific(refusal(_acl_fix(api)))
-    job_wide = (IP_FIX, CLOCK_FIX, PARAM_FIX, UNREACHABLE_FIX, _unsupported_fix(SEED_API))
-    for fix in (*job_wide, _unknown_fix(418)):
+        assert app_specific(refusal(acl_fix(api)))
+    job_wide = (IP_FIX, CLOCK_FIX, PARAM_FIX, UNREACHABLE_FIX, unsupported_fix(SEED_API))
+    for fix in (*job_wide, unknown_fix(418)):
         assert not app_specific(refusal(fix)), fix
 
 
