@@ -26,7 +26,6 @@ budget. Anything later counts, as the gateway may have seen it.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -55,7 +54,7 @@ from engine.client.classify import (
     classify_ocean,
     classify_seed,
 )
-from engine.client.fixes import TOKEN_FIX, UNREACHABLE_FIX
+from engine.client.fixes import UNREACHABLE_FIX
 from engine.client.requests import (
     SearchFilters,
     form_urlencode,
@@ -65,10 +64,10 @@ from engine.client.requests import (
     sign_ocean,
     sign_seed,
 )
+from engine.client.tokens import AppTokens, token_fatal
 from engine.credentials import Credentials, TokenStore
 from engine.errors import (
     RETRYABLE,
-    FatalGatewayError,
     GatewayError,
     GatewayUnreachable,
     RateLimited,
@@ -252,10 +251,8 @@ class GatewayClient:
         self._gates = gate if isinstance(gate, AppGates) else AppGates(gate)
         self._contact = contact or Contact()
         self._retry = retry
-        self._store = token_store
         self._session = session
         self._owns_session = False
-        self._refresh_lock = asyncio.Lock()
         # Stateless, so one serves every call; the AsyncRetrying objects are per call.
         self._backoff = wait_exponential_jitter(
             multiplier=retry.base_delay,
@@ -263,16 +260,7 @@ class GatewayClient:
             max=retry.max_delay,
             jitter=retry.base_delay,
         )
-        self._access_token = credentials.access_token
-        self._refresh_token = credentials.refresh_token
-        # Tokens this client stopped using stay secret: a gateway might still echo one.
-        self._replaced: list[str] = []
-        stored = token_store.load(credentials.app_key) if token_store else None
-        if stored is not None:
-            self._replaced.append(stored.access_token)
-            if stored.valid():
-                self._access_token = stored.access_token
-            self._refresh_token = stored.refresh_token or self._refresh_token
+        self._tokens = AppTokens(credentials, token_store)
 
     def __repr__(self) -> str:
         return f"GatewayClient(base_url={self.base_url!r}, protocol={self.protocol!r})"
@@ -311,8 +299,7 @@ class GatewayClient:
             self._owns_session = False
 
     def _secrets(self) -> tuple[str, ...]:
-        current = (self._access_token, self._refresh_token, *self._replaced)
-        return self._credentials.secrets() + tuple(s for s in current if s)
+        return self._tokens.secrets()
 
     # -- public operations
 
@@ -365,7 +352,7 @@ class GatewayClient:
         Raises:
             FatalGatewayError: there is no refresh token, or the gateway refused it.
         """
-        await self._refresh(self._access_token, cause=None)
+        await self._refresh(self._tokens.access, cause=None)
 
     # -- request builders
 
@@ -415,7 +402,7 @@ class GatewayClient:
     async def _call_refreshing(
         self, api: str, build: Builder, tally: _Tally, check: Check | None
     ) -> _Answer:
-        if self._access_token is None:
+        if self._tokens.access is None:
             await self._refresh(None, cause=None)
         try:
             return await self._retrying(api, build, tally, check)
@@ -424,7 +411,7 @@ class GatewayClient:
         try:
             return await self._retrying(api, build, tally, check)
         except TokenExpired as again:
-            raise self._token_fatal(again) from None
+            raise token_fatal(again) from None
 
     async def _retrying(
         self, api: str, build: Builder, tally: _Tally, check: Check | None
@@ -450,7 +437,7 @@ class GatewayClient:
     ) -> _Answer:
         gate = self._gates.for_api(api)
         admission = await gate.acquire(tally.reservation)
-        token = self._access_token
+        token = self._tokens.access
         assert token is not None  # _call refreshes first when there is none
         url, form = build(token)
         tally.calls += 1
@@ -522,46 +509,23 @@ class GatewayClient:
 
     async def _refresh(self, used: str | None, cause: TokenExpired | None) -> None:
         """Replace the access token ``used``, unless another task already has."""
-        async with self._refresh_lock:
-            if self._access_token != used:
-                return
-            if not self._refresh_token:
-                if cause is not None:
-                    raise self._token_fatal(cause) from None
-                raise FatalGatewayError(
-                    "no_token",
-                    "no access token and no refresh token",
-                    fix=TOKEN_FIX,
-                )
-            retrying = AsyncRetrying(
-                retry=retry_if_exception_type(TransientError),
-                stop=stop_after_attempt(self._retry.attempts),
-                wait=self._wait,
-                reraise=True,
-            )
-            # tenacity types the call's result as a free TypeVar: these annotations bind it.
-            token: str
-            refresh: str
-            expires_at: float | None
-            try:
-                token, refresh, expires_at = await retrying(self._get_token)
-            except (FatalGatewayError, Unreachable):
-                # Already says what to fix (IP whitelist, app key ...), or the network's fault.
-                raise
-            except GatewayError as failed:
-                raise self._token_fatal(failed) from None
-            self._replaced.extend(t for t in (self._access_token, self._refresh_token) if t)
-            self._access_token = token
-            self._refresh_token = refresh
-            log.info("refreshed the access token of app %s", self._credentials.app_key)
-            if self._store is not None:
-                self._store.save(self._credentials.app_key, token, refresh, expires_at)
+        await self._tokens.replace(used, cause, self._exchange)
 
-    async def _get_token(self) -> tuple[str, str, float | None]:
+    async def _exchange(self, refresh: str) -> tuple[str, str, float | None]:
+        """The refresh-token exchange, retried while the token endpoint fails transiently."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(TransientError),
+            stop=stop_after_attempt(self._retry.attempts),
+            wait=self._wait,
+            reraise=True,
+        )
+        # tenacity types the call's result as a free TypeVar: the annotation binds it.
+        tokens: tuple[str, str, float | None] = await retrying(self._get_token, refresh)
+        return tokens
+
+    async def _get_token(self, refresh: str) -> tuple[str, str, float | None]:
         key = self._credentials.app_key
         url = f"{self.base_url}{OPENAPI_PREFIX}{TOKEN_PATH}/{key}"
-        refresh = self._refresh_token
-        assert refresh is not None
         form = {
             "grant_type": "refresh_token",
             "client_id": key,
@@ -588,15 +552,6 @@ class GatewayClient:
             answer.status, answer.body, answer.headers, api=TOKEN_API, secrets=secrets
         )
         raise error or _malformed(answer.status, answer.body, secrets)
-
-    def _token_fatal(self, error: GatewayError) -> FatalGatewayError:
-        return FatalGatewayError(
-            error.code,
-            error.message,
-            fix=TOKEN_FIX,
-            status=error.status,
-            request_id=error.request_id,
-        )
 
 
 def _unreachable(exc: aiohttp.ClientConnectorError) -> Unreachable:
