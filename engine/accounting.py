@@ -5,13 +5,25 @@ included (not those that provably never reached it: they are refunded). The chec
 therefore keeps the run's total, and each invocation adds what its
 :class:`~engine.ratelimit.CallBudget` counted, over the gates of every app. The total is written
 with every stored answer (same commit) and after every search, so a kill loses at most the calls
-in flight.
+in flight. The calls themselves go to the call ledger (:mod:`engine.ledger`) in the same
+commits: each with its time and app, taken from the budget's log, and a refunded one removed.
 """
 
 from __future__ import annotations
 
-from engine.ratelimit import CallBudget
+from dataclasses import dataclass
+
+from engine.ledger import QuotaReport, QuotaSettings, quota_report
+from engine.ratelimit import CallBudget, CallEntry
 from engine.state import StateStore
+
+
+@dataclass(frozen=True)
+class CallBooking:
+    """What a commit writes of the calls: the run's total and the ledger's new entries."""
+
+    run_calls: int
+    call_log: tuple[CallEntry, ...]
 
 
 class CallAccount:
@@ -40,12 +52,23 @@ class CallAccount:
     def this_run(self) -> int:
         return self.before + self.budget.spent
 
-    def book(self) -> int:
-        """The run's total, for the caller to write in its own commit (a stored answer)."""
+    def book(self) -> CallBooking:
+        """The run's total and the calls counted or refunded since the last booking, for the
+        caller to write in its own commit (a stored answer): once booked, they are its to
+        write."""
         self._recorded = self.budget.spent
-        return self.this_run
+        return CallBooking(self.this_run, tuple(self.budget.take_log()))
 
     def record(self) -> None:
-        """Write the run's total if calls were spent since it was last written."""
-        if self._recorded != self.budget.spent:
-            self.state.record_calls(self.run_id, self.book())
+        """Write the run's total and log the calls, if any was counted or refunded since the
+        last booking."""
+        changed = self._recorded != self.budget.spent
+        booking = self.book()
+        if changed or booking.call_log:
+            self.state.record_calls(self.run_id, booking.run_calls, booking.call_log)
+
+    def quota(self) -> QuotaReport:
+        """The quota ledger now (the budget's clock), from what is written so far and the
+        settings this invocation kept."""
+        settings = self.state.quota_settings() or QuotaSettings()
+        return quota_report(self.state.calls_per_day(), settings, self.budget.clock())

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import shutil
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, overload
@@ -20,6 +23,7 @@ from urllib.parse import urlsplit
 from engine.clean import FreightFilter, WholesaleFilters
 from engine.client import RetryPolicy, SearchFilters
 from engine.errors import ConfigError
+from engine.ledger import DEFAULT_LOW_SHARE, QuotaSettings
 from engine.parsers import PRICE_LIMIT
 from engine.preprocess import PHOTO_EXTENSIONS, PreprocessOptions
 from engine.protocol import OCEAN_QUERY, OCEAN_UPLOAD, PROTOCOLS, SEED_API, ProtocolName
@@ -75,6 +79,8 @@ class Gateway:
     retry: RetryPolicy = RetryPolicy()
     rates: ApiRates | None = None
     """One window per API, instead of ``rate``'s one window for every API of an app."""
+    quota: QuotaSettings = QuotaSettings()
+    """The daily cap and the package the calls count against (:mod:`engine.ledger`)."""
 
     @property
     def windows(self) -> Rate | dict[str, Rate]:
@@ -104,6 +110,61 @@ class Engine:
     down'; their photos are retried by the next invocation."""
 
 
+NotifyEvent = Literal["complete", "failure", "fatal", "quota_low"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = get_args(NotifyEvent)
+DEFAULT_NOTIFY_ON: tuple[NotifyEvent, ...] = ("failure", "fatal", "quota_low")
+"""What needs a person: every event but ``complete`` (docs/notify.md)."""
+MAX_NOTIFY_TIMEOUT = 60.0
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True)
+class Notify:
+    """``[notify]``: whom :mod:`engine.notify` tells how an invocation ended. It holds no
+    secret: a webhook's tokens stay in the environment (``webhook_env``, or ``${VAR}``
+    placeholders in ``webhook``) and are read only by :meth:`webhook_url`."""
+
+    webhook: str | None = None
+    """The URL as written, ``${VAR}`` placeholders unexpanded."""
+    webhook_env: str | None = None
+    """The environment variable holding the whole webhook URL."""
+    command: tuple[str, ...] = ()
+    """A program and its arguments, run without a shell, the notice on its stdin."""
+    on: tuple[NotifyEvent, ...] = DEFAULT_NOTIFY_ON
+    timeout: float = 5.0
+    """Seconds per webhook attempt, and for the command."""
+
+    @property
+    def enabled(self) -> bool:
+        """Whether anyone is to be told at all."""
+        return self.has_webhook or bool(self.command)
+
+    @property
+    def has_webhook(self) -> bool:
+        return self.webhook is not None or self.webhook_env is not None
+
+    def webhook_url(self, environ: Mapping[str, str]) -> str | None:
+        """The webhook's URL with its variables taken from ``environ``; ``None`` without one.
+
+        The URL is a secret: keep it out of logs, errors and documents (its host is not).
+
+        Raises:
+            ConfigError: naming the key and the variable (never a value) when a variable is
+                unset or empty, or when the result is not an http(s) URL.
+        """
+        if self.webhook_env is not None:
+            key = "notify.webhook_env"
+            url = _env_value(environ, self.webhook_env, key)
+        elif self.webhook is not None:
+            key = "notify.webhook"
+            url = _PLACEHOLDER.sub(lambda m: _env_value(environ, m[1], key), self.webhook)
+        else:
+            return None
+        if not _is_http_url(url):
+            raise ConfigError(f"{key}: the URL, once expanded, is not an http(s) URL with a host")
+        return url
+
+
 @dataclass(frozen=True)
 class Job:
     name: str
@@ -114,6 +175,7 @@ class Job:
     filters: WholesaleFilters = WholesaleFilters()
     preprocess: PreprocessOptions = PreprocessOptions()
     engine: Engine = Engine()
+    notify: Notify = Notify()
     limit: int | None = None
     max_calls: int | None = None
     zstd_level: int = 6
@@ -198,8 +260,11 @@ def parse_job(
     base: Path,
     source: Path | None = None,
     default_name: str = "job",
+    environ: Mapping[str, str] | None = None,
 ) -> Job:
-    """Validate a job mapping (as read from TOML). Relative paths resolve against ``base``."""
+    """Validate a job mapping (as read from TOML). Relative paths resolve against ``base``;
+    the variables a ``[notify]`` webhook names must be set in ``environ`` (``os.environ``)."""
+    environ = os.environ if environ is None else environ
     top = _Section(data, "")
     job_section = top.section("job")
     inputs_section = top.section("inputs")
@@ -208,6 +273,7 @@ def parse_job(
     filters_section = top.section("filters")
     preprocess_section = top.section("preprocess")
     engine_section = top.section("engine")
+    notify_section = top.section("notify") if "notify" in data else None
     top.done()
 
     name = job_section.get("name", str, default_name)
@@ -247,6 +313,7 @@ def parse_job(
     filters = _parse_filters(filters_section)
     preprocess = _parse_preprocess(preprocess_section)
     engine = _parse_engine(engine_section)
+    notify = Notify() if notify_section is None else _parse_notify(notify_section, base, environ)
     job = Job(
         name=name,
         source=source,
@@ -256,6 +323,7 @@ def parse_job(
         filters=filters,
         preprocess=preprocess,
         engine=engine,
+        notify=notify,
         zstd_level=zstd_level,
     )
     # A guard, not a check: the filters above leave SearchFilters nothing to refuse.
@@ -300,6 +368,7 @@ def _parse_gateway(section: _Section) -> Gateway:
         attempts=attempts, base_delay=base_delay, max_delay=max_delay, timeout=timeout
     )
     page_size = section.get("page_size", int, 20, check=_between(1, 50))
+    quota = _parse_quota(section)
     section.done()
     return Gateway(
         protocol=protocol,
@@ -308,7 +377,44 @@ def _parse_gateway(section: _Section) -> Gateway:
         page_size=page_size,
         retry=retry,
         rates=rates,
+        quota=quota,
     )
+
+
+def _parse_quota(section: _Section) -> QuotaSettings:
+    """``gateway.daily_calls``, ``package_calls`` with ``package_start``, ``quota_low_share``."""
+    daily = section.get("daily_calls", int, None, check=_between(1, 10**12))
+    package = section.get("package_calls", int, None, check=_between(1, 10**12))
+    start = _iso_date(section.get("package_start", object, None), "gateway.package_start")
+    if package is not None and start is None:
+        raise ConfigError(
+            "gateway.package_start: missing (required with gateway.package_calls): the gateway"
+            " day (GMT+8) the package's calls count from, e.g. 2026-01-15"
+        )
+    if start is not None and package is None:
+        raise ConfigError(
+            "gateway.package_calls: missing (required with gateway.package_start): the calls"
+            " the package holds, e.g. 500000"
+        )
+    share = section.get("quota_low_share", float, None, check=_share)
+    if share is not None and package is None:
+        raise ConfigError(
+            "gateway.quota_low_share: applies to a package: give gateway.package_calls and"
+            " gateway.package_start too, or leave it out"
+        )
+    return QuotaSettings(daily, package, start, DEFAULT_LOW_SHARE if share is None else share)
+
+
+def _iso_date(value: object, name: str) -> date | None:
+    """A TOML date (``2026-01-15``) or an ISO date string (``"2026-01-15"``)."""
+    if value is None or (isinstance(value, date) and not isinstance(value, datetime)):
+        return value
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"{name}: expected a date such as 2026-01-15, got {value!r}")
 
 
 def _rate(text: str, name: str) -> Rate:
@@ -410,6 +516,106 @@ def _parse_engine(section: _Section) -> Engine:
     )
     section.done()
     return engine
+
+
+def _parse_notify(section: _Section, base: Path, environ: Mapping[str, str]) -> Notify:
+    """``[notify]``: a webhook, a command or both; ``on`` a subset of :data:`NOTIFY_EVENTS`.
+    Never echoes the webhook's value: it may hold a token despite the rules."""
+    webhook = section.get("webhook", str, None)
+    webhook_env = section.get("webhook_env", str, None)
+    raw_command = section.get("command", list, None)
+    raw_on = section.get("on", list, list(DEFAULT_NOTIFY_ON))
+    timeout = section.get(
+        "timeout",
+        float,
+        Notify.timeout,
+        check=lambda v: None if 0 < v <= MAX_NOTIFY_TIMEOUT else "must be in (0, 60]",
+    )
+    section.done()
+    if webhook is not None and webhook_env is not None:
+        raise ConfigError(
+            "notify.webhook: give notify.webhook or notify.webhook_env (the variable holding the"
+            " whole URL), not both"
+        )
+    if webhook is not None:
+        _check_webhook_template(webhook)
+    if webhook_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", webhook_env):
+        raise ConfigError(
+            f"notify.webhook_env: {webhook_env!r} is not a variable name (e.g. IMG1688_WEBHOOK_URL)"
+        )
+    command = () if raw_command is None else _notify_command(raw_command, base)
+    if webhook is None and webhook_env is None and not command:
+        raise ConfigError(
+            "notify: give notify.webhook (or notify.webhook_env) and/or notify.command,"
+            " or leave the [notify] table out"
+        )
+    events = [_of_type(e, str, "notify.on") for e in raw_on]
+    if not events or any(e not in NOTIFY_EVENTS for e in events):
+        raise ConfigError(
+            f"notify.on: give one or more of {', '.join(NOTIFY_EVENTS)} (got {raw_on!r})"
+        )
+    on = tuple(event for event in NOTIFY_EVENTS if event in events)
+    notify = Notify(webhook, webhook_env, command, on, timeout)
+    notify.webhook_url(environ)  # every variable set, and an http(s) URL: before any call
+    return notify
+
+
+def _check_webhook_template(template: str) -> None:
+    """Refuse credentials written into the file: a user or password, or a query value, that
+    is not a ``${VAR}`` placeholder. A token in the path cannot be told from a path: the docs
+    ask for a placeholder there, and the URL is never logged but for its host."""
+    if "$" in _PLACEHOLDER.sub("", template):
+        raise ConfigError("notify.webhook: write environment variables as ${NAME}")
+    try:
+        scheme = urlsplit(_PLACEHOLDER.sub("x", template)).scheme
+        literal = urlsplit(template)  # placeholders kept, to see which parts are literal
+    except ValueError:
+        raise ConfigError("notify.webhook: not a URL") from None
+    if scheme not in ("http", "https"):
+        raise ConfigError(
+            f"notify.webhook: must be an http:// or https:// URL (got scheme {scheme!r})"
+        )
+    userinfo = literal.netloc.rpartition("@")[0]
+    if userinfo and _PLACEHOLDER.sub("", userinfo).replace(":", ""):
+        raise ConfigError(
+            "notify.webhook: a user or password in the URL must come from the environment:"
+            " write ${VARIABLE} for it, or the whole URL in the variable notify.webhook_env names"
+        )
+    for pair in filter(None, literal.query.split("&")):
+        value = pair.partition("=")[2]
+        if value and not _PLACEHOLDER.fullmatch(value):
+            raise ConfigError(
+                "notify.webhook: query values may carry tokens, so they must come from the"
+                " environment: write them as ${VARIABLE} (e.g. ?token=${HOOK_TOKEN}), or the"
+                " whole URL in the variable notify.webhook_env names"
+            )
+
+
+def _notify_command(raw: list[Any], base: Path) -> tuple[str, ...]:
+    """The argv of ``notify.command``; its program must exist now, not when a run has ended.
+    A program given as a relative path is relative to the job file's folder."""
+    argv = [_of_type(arg, str, f"notify.command[{i}]") for i, arg in enumerate(raw)]
+    if not argv or not argv[0].strip() or any("\0" in arg for arg in argv):
+        raise ConfigError(
+            'notify.command: give a program and its arguments, e.g. ["/usr/local/bin/page-me",'
+            ' "--team", "data"]'
+        )
+    program = argv[0]
+    if "/" in program:
+        program = str(_resolve(base, program, "notify.command[0]"))
+    if shutil.which(program) is None:
+        raise ConfigError(
+            f"notify.command[0]: {argv[0]!r} is not an executable program"
+            + ("" if "/" in argv[0] else " found on PATH")
+        )
+    return (program, *argv[1:])
+
+
+def _env_value(environ: Mapping[str, str], name: str, key: str) -> str:
+    value = environ.get(name)
+    if not value:
+        raise ConfigError(f"{key}: the environment variable {name} is not set (or empty)")
+    return value
 
 
 # -- validation helpers -------------------------------------------------------------------
@@ -555,6 +761,10 @@ def _one_of(*choices: str) -> Callable[[Any], str | None]:
 
 def _positive(value: float) -> str | None:
     return None if value > 0 else "must be positive"
+
+
+def _share(value: float) -> str | None:
+    return None if 0 < value < 1 else "must be a share between 0 and 1, e.g. 0.1"
 
 
 def _price(value: Decimal) -> str | None:

@@ -11,6 +11,7 @@ import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import NamedTuple
 
 from engine.errors import FatalGatewayError, GatewayError, GatewayUnreachable, StorageError
 
@@ -27,7 +28,8 @@ class ExitCode(IntEnum):
     FATAL_GATEWAY = 3
     """The gateway refused the job (credentials, IP, permission, quota) or kept failing."""
     STOPPED_EARLY = 4
-    """The call budget or ``--limit`` was reached: run the same command again to continue."""
+    """The call budget, the gateway's daily cap or ``--limit`` was reached: run the same
+    command again to continue (after the daily cap, once the next gateway day has started)."""
     STORAGE = 5
     """The output directory is locked by another run, unwritable or full."""
     INTERRUPTED = 130
@@ -54,6 +56,18 @@ class RunOutcome:
     run_id: str | None
     message: str
     summary: dict[str, object] = field(default_factory=dict)
+    fix: str | None = None
+    """The one sentence that says what to change, when the gateway refused the job
+    (:attr:`FatalGatewayError.fix <engine.errors.FatalGatewayError>`); alerts carry it alone."""
+
+
+class Stop(NamedTuple):
+    """How a stop cause ends the invocation: :func:`stop_outcome`'s answer."""
+
+    code: ExitCode
+    message: str
+    fix: str | None = None
+    """The refusal's fix sentence, for a :class:`FatalGatewayError` (also in ``message``)."""
 
 
 def completed_outcome(
@@ -66,9 +80,10 @@ def completed_outcome(
     return RunOutcome(code, run_id, message, summary)
 
 
-def stop_outcome(exc: BaseException) -> tuple[ExitCode, str]:
-    """The exit code and message for what stopped the pipeline. ``exc`` may be an exception
-    group: the most telling cause wins (a full disk before a refused key before a signal).
+def stop_outcome(exc: BaseException) -> Stop:
+    """The exit code, message and fix sentence for what stopped the pipeline. ``exc`` may be an
+    exception group: the most telling cause wins (a full disk before a refused key before a
+    signal), and the fix is that cause's.
 
     Raises:
         BaseException: ``exc`` itself when nothing in it is an expected stop (a bug).
@@ -77,7 +92,8 @@ def stop_outcome(exc: BaseException) -> tuple[ExitCode, str]:
     for kind, describe in _STOP_CAUSES:
         for cause in causes:
             if isinstance(cause, kind):
-                return describe(cause)
+                fix = cause.fix if isinstance(cause, FatalGatewayError) else None
+                return Stop(*describe(cause), fix)
     raise exc
 
 

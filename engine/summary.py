@@ -49,6 +49,8 @@ def run_summary(
         "searched": totals["searched"],
         "elapsed_seconds": round(time.monotonic() - counters.started, 2),
         "rate": calls.rate,
+        # The alerts fire quota_low on quota.low: keep the key and its shape (engine.ledger).
+        "quota": calls.quota().to_json(),
         "unreadable": len(discovery.unreadable),
         "unreadable_examples": discovery.unreadable[:UNREADABLE_EXAMPLES],
         "missing_inputs": discovery.missing_inputs,

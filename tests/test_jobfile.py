@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from engine.cli import main
 from engine.errors import ConfigError
 from engine.jobfile import SANDBOX, ApiRates, load_job, parse_job
+from engine.ledger import QuotaSettings
 from engine.outcome import ExitCode
 from engine.protocol import OCEAN_QUERY, OCEAN_UPLOAD, SEED_API
 from engine.ratelimit import Rate
@@ -339,6 +341,53 @@ def test_rates_per_api_and_a_rate_flag_that_replaces_them(tmp_path: Path) -> Non
     ],
 )
 def test_bad_rates_name_the_key(tmp_path: Path, gateway: dict, named: str, says: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_job(minimal(gateway=gateway), base=tmp_path)
+    assert str(caught.value).startswith(named) and says in str(caught.value)
+
+
+# --- quota keys ------------------------------------------------------------------------------
+
+
+def test_quota_keys_from_a_toml_date_or_an_iso_string(tmp_path: Path) -> None:
+    path = tmp_path / "job.toml"
+    path.write_text(
+        '[inputs]\npaths = ["photos"]\n[output]\ndir = "out"\n'
+        '[gateway]\nendpoint = "sandbox"\ndaily_calls = 100000\n'
+        "package_calls = 500000\npackage_start = 2026-11-01\nquota_low_share = 0.2\n",
+        encoding="utf-8",
+    )
+    quota = load_job(path).gateway.quota
+    assert quota == QuotaSettings(100_000, 500_000, date(2026, 11, 1), 0.2)
+    text = minimal(gateway={"package_calls": 5000, "package_start": "2026-11-01"})
+    assert parse_job(text, base=tmp_path).gateway.quota.package_start == date(2026, 11, 1)
+    assert parse_job(minimal(), base=tmp_path).gateway.quota == QuotaSettings()
+
+
+@pytest.mark.parametrize(
+    ("gateway", "named", "says"),
+    [
+        ({"package_calls": 5000}, "gateway.package_start", "missing"),
+        ({"package_start": "2026-11-01"}, "gateway.package_calls", "missing"),
+        ({"package_calls": 5000, "package_start": "1 Nov"}, "gateway.package_start", "a date"),
+        ({"package_calls": 5000, "package_start": 20261101}, "gateway.package_start", "a date"),
+        (
+            {"package_calls": 5000, "package_start": datetime(2026, 11, 1, 8)},
+            "gateway.package_start",
+            "a date",
+        ),
+        ({"package_calls": 0, "package_start": "2026-11-01"}, "gateway.package_calls", "between"),
+        ({"daily_calls": 0}, "gateway.daily_calls", "between"),
+        ({"daily_calls": "many"}, "gateway.daily_calls", "an integer"),
+        ({"quota_low_share": 0.1}, "gateway.quota_low_share", "package"),
+        (
+            {"package_calls": 5, "package_start": "2026-11-01", "quota_low_share": 1.5},
+            "gateway.quota_low_share",
+            "between 0 and 1",
+        ),
+    ],
+)
+def test_bad_quota_keys_name_the_key(tmp_path: Path, gateway: dict, named: str, says: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_job(minimal(gateway=gateway), base=tmp_path)
     assert str(caught.value).startswith(named) and says in str(caught.value)

@@ -31,17 +31,21 @@ def test_exit_codes_are_the_documented_numbers() -> None:
 
 def test_a_fatal_refusal_says_what_to_fix_and_that_the_job_resumes() -> None:
     error = FatalGatewayError("gw.IpNotInWhiteList", "ip denied", fix="add the IP")
-    code, message = stop_outcome(error)
+    code, message, fix = stop_outcome(error)
     assert code == ExitCode.FATAL_GATEWAY
     assert "add the IP" in message
     assert "resumes where it stopped" in message
+    assert fix == "add the IP"  # alone, for alerts
 
 
 def test_an_outage_is_exit_3_and_says_to_run_again_later() -> None:
-    code, message = stop_outcome(GatewayFailing("10 searches in a row exhausted their retries"))
+    code, message, fix = stop_outcome(
+        GatewayFailing("10 searches in a row exhausted their retries")
+    )
     assert code == ExitCode.FATAL_GATEWAY
     assert message.startswith("10 searches in a row")
     assert "looks down" in message
+    assert fix is None  # an outage has no fix sentence: nothing to change but to wait
 
 
 @pytest.mark.parametrize(
@@ -61,9 +65,10 @@ def test_in_a_group_a_full_disk_wins_over_a_refusal_and_a_signal() -> None:
             StorageError("cannot write out/part: No space left on device"),
         ],
     )
-    code, message = stop_outcome(group)
+    code, message, fix = stop_outcome(group)
     assert code == ExitCode.STORAGE
     assert "No space left" in message and "nothing committed was lost" in message
+    assert fix is None  # the refusal lost: its fix is not the stop's
 
 
 def test_a_refusal_wins_over_a_signal_and_a_plain_gateway_error() -> None:
@@ -77,6 +82,7 @@ def test_a_refusal_wins_over_a_signal_and_a_plain_gateway_error() -> None:
     )
     assert stop_outcome(group)[0] == ExitCode.FATAL_GATEWAY
     assert "buy more" in stop_outcome(group)[1]
+    assert stop_outcome(group).fix == "buy more"
 
 
 def test_an_unexpected_exception_is_raised_again_not_hidden_behind_an_exit_code() -> None:

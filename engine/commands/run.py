@@ -6,6 +6,8 @@ import argparse
 import json
 import signal
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,7 +55,8 @@ _EXIT_CODES = """exit codes:
   1    every image done, some failed (see OUT/images)
   2    configuration error (job file, flags, credentials)
   3    the gateway refused the job or kept failing: fix what the message says, run again
-  4    stopped early (--max-calls or --limit): run again to continue
+  4    stopped early (--max-calls, --limit or the gateway's daily cap): run again to
+       continue (after the daily cap: from the next gateway day, midnight GMT+8)
   5    output directory locked, unwritable or full
   130  interrupted (SIGINT)    143  terminated (SIGTERM)"""
 
@@ -93,6 +96,9 @@ def handle(args: argparse.Namespace) -> int:
     )
     outcome = asyncio.run(_run(job, fresh=args.fresh))
     _report(outcome, job.out)
+    if job.notify.enabled:
+        # Last: the notice points at what the invocation wrote.
+        asyncio.run(_notify(job, outcome))
     return int(outcome.exit_code)
 
 
@@ -108,13 +114,37 @@ async def _run(job: Job, *, fresh: bool) -> RunOutcome:
         received.append(signum)
         stop.set()
 
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal, signum)
-    try:
+    with _signals_call(on_signal):
         return await run_job(
             job, fresh=fresh, stop=stop, stop_signal=lambda: received[0] if received else None
         )
+
+
+async def _notify(job: Job, outcome: RunOutcome) -> None:
+    """Deliver the job's notice; a signal abandons it (the run's exit code stands)."""
+    import asyncio
+
+    from engine.notify import notify
+
+    sending = asyncio.ensure_future(notify(job, outcome))
+    with _signals_call(lambda _signum: sending.cancel()):
+        try:
+            await sending
+        except asyncio.CancelledError:
+            print("img1688: notice abandoned on a signal", file=sys.stderr)
+
+
+@contextmanager
+def _signals_call(handler: Callable[[int], object]) -> Iterator[None]:
+    """Within the running event loop, SIGINT and SIGTERM call ``handler(signum)`` instead of
+    stopping the process."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, handler, signum)
+    try:
+        yield
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
