@@ -55,6 +55,9 @@ def open_run(state: StateStore, feed: Feed, job: Job, *, fresh: bool) -> Run:
                 " preprocessing or page size differ); run with --fresh to start over there,"
                 " or give another --out"
             )
+        # A run that died between its markers and recording completion is still unfinished:
+        # it may add parts now, so readers must stop trusting the markers it left.
+        feed.mark_incomplete()
         requeued = state.reset_in_flight(latest.run_id)
         log.info(
             "resuming run %s%s",

@@ -15,7 +15,7 @@ from typing import Any
 
 from engine.protocol import ProtocolName
 from engine.sandbox.catalogue import Match, Product
-from engine.signing import GMT8
+from engine.sandbox.verify import GMT8
 
 CENT = Decimal("0.01")
 IMAGE_URL = "https://cbu01.alicdn.com/img/ibank/O1CN01{offer_id}.jpg"

@@ -2,10 +2,12 @@
 
 Each ``param2`` call passes the checks a real gateway plausibly makes, in this order: client IP
 allowlist, app key, API name, signature (recomputed over exactly the parameters received, form
-body and query string merged), timestamp skew, access token, API ACL, the rate window, the usage
-limit. A call that passes them all is *admitted*: it enters the rate window and the usage count,
-and only then may an injected fault replace its answer (a real gateway counts a call that later
-fails with a 5xx). Admitted calls then meet the business checks: image rules, page size, image id.
+body and query string merged, by :mod:`engine.sandbox.verify`, which shares no code with the
+engine's signing so that the sandbox is an independent oracle), timestamp skew, access token,
+API ACL, the rate window, the usage limit. A call that passes them all is *admitted*: it enters
+the rate window and the usage count, and only then may an injected fault replace its answer (a
+real gateway counts a call that later fails with a 5xx). Admitted calls then meet the business
+checks: image rules, page size, image id.
 
 The sandbox may know several apps (:attr:`SandboxConfig.extra_apps`): each has its own secret,
 live access token, refresh token, rate window(s) and usage count, as a gateway that counts calls
@@ -27,10 +29,9 @@ import secrets
 import time
 import warnings
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -54,12 +55,13 @@ from engine.sandbox import formats
 from engine.sandbox.catalogue import DEFAULT_CATALOGUE, Catalogue, Match
 from engine.sandbox.faults import FAULT_KEYS, SLOW, Decision, Fault, FaultPicker, Faults
 from engine.sandbox.formats import Answer
-from engine.signing import (
-    GMT8,
-    OCEAN_SIGNATURE_PARAM,
-    SEED_SIGNATURE_PARAM,
-    ocean_signature,
-    seed_signature,
+from engine.sandbox.verify import (
+    OCEAN_SIGNATURE,
+    SEED_SIGNATURE,
+    gmt8_fresh,
+    millis_fresh,
+    ocean_accepts,
+    seed_accepts,
 )
 
 log = logging.getLogger(__name__)
@@ -233,19 +235,6 @@ class _Stats:
         }
 
 
-def most_in_window(arrivals: Iterable[float], period: float) -> int:
-    """The most ``arrivals`` in any window of ``period`` seconds, as the sandbox's rate window
-    counts them (an arrival leaves the window ``period`` seconds after it came): what a test or
-    a benchmark compares with the rate the sandbox enforces."""
-    times = sorted(arrivals)
-    most, start = 0, 0
-    for end, now in enumerate(times):
-        while times[start] <= now - period:
-            start += 1
-        most = max(most, end - start + 1)
-    return most
-
-
 class _AppState:
     """What the sandbox holds for one app: its live token, its windows and its usage."""
 
@@ -394,15 +383,13 @@ class Gateway:
             return formats.ocean_error(
                 400, "gw.APIUnsupported", f"api {namespace}:{api}:{version} is unsupported"
             )
-        signature = params.get(OCEAN_SIGNATURE_PARAM)
-        if not signature:
+        if not params.get(OCEAN_SIGNATURE):
             return formats.ocean_error(400, "gw.SignatureMissing", "signature is missing")
         url_path = f"param2/{version}/{namespace}/{api}/{app_key}"
-        expected = ocean_signature(url_path, params, app.app.app_secret)
-        if not _same(signature, expected):
+        if not ocean_accepts(url_path, params, app.app.app_secret):
             return formats.ocean_error(400, "gw.SignatureInvalid", "signature is invalid")
         stamp = params.get("_aop_timestamp")
-        if stamp is not None and not _fresh_millis(stamp):
+        if stamp is not None and not millis_fresh(stamp, time.time(), MAX_SKEW_SECONDS):
             return formats.ocean_error(
                 400, "gw.TimestampInvalid", "_aop_timestamp is off by more than 10 minutes"
             )
@@ -481,12 +468,11 @@ class Gateway:
             return formats.seed_error(200, 29, "Invalid app Key")
         if api != SEED_API or params.get("method") != SEED_API:
             return formats.seed_error(200, 22, "Invalid method")
-        signature = params.get(SEED_SIGNATURE_PARAM)
-        if not signature:
+        if not params.get(SEED_SIGNATURE):
             return formats.seed_error(200, 24, "Missing signature")
-        if not _same(signature, seed_signature(params, app.app.app_secret)):
+        if not seed_accepts(params, app.app.app_secret):
             return formats.seed_error(200, 25, "Invalid signature")
-        if not _fresh_gmt8(params.get("timestamp")):
+        if not gmt8_fresh(params.get("timestamp"), time.time(), MAX_SKEW_SECONDS):
             return formats.seed_error(200, 31, "Invalid timestamp")
         token = params.get("access_token")
         if not token:
@@ -760,24 +746,6 @@ def _price(value: object, name: str) -> Decimal | None:
 def _within(match: Match, low: Decimal | None, high: Decimal | None) -> bool:
     price = formats.lowest_price(match.product)
     return (low is None or price >= low) and (high is None or price <= high)
-
-
-def _fresh_millis(stamp: str) -> bool:
-    try:
-        sent = int(stamp) / 1000
-    except ValueError:
-        return False
-    return abs(time.time() - sent) <= MAX_SKEW_SECONDS
-
-
-def _fresh_gmt8(stamp: str | None) -> bool:
-    if not stamp:
-        return False
-    try:
-        sent = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S").replace(tzinfo=GMT8)
-    except ValueError:
-        return False
-    return abs(time.time() - sent.timestamp()) <= MAX_SKEW_SECONDS
 
 
 def _same(given: str, expected: str) -> bool:
