@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 # Exit 1 means "done, some photos failed": the sample set includes broken files on purpose.
+# Then the run's HTML report (each photo beside its offers); its path is the last line printed.
 run: $(STAMP)
 	$(BIN)/img1688 run jobs/sample.toml || [ $$? -eq 1 ]
+	$(BIN)/img1688 report out/sample
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

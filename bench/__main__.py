@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("startup", "flush", "preprocess", "engine", "apps")
+BENCHMARKS = ("startup", "flush", "preprocess", "engine", "apps", "report")
 
 
 def main(argv: list[str]) -> None:

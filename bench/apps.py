@@ -36,11 +36,10 @@ from bench.engine import (
     _private_token_store,
 )
 from engine.credentials import Credentials
-from engine.ratelimit import Rate
+from engine.ratelimit import Rate, most_in_window
 from engine.runner import run_job
 from engine.sandbox import Sandbox, SandboxApp, SandboxConfig
 from engine.sandbox.catalogue import DEFAULT_CATALOGUE, Catalogue
-from engine.sandbox.server import most_in_window
 
 RATE = Rate(10, 2.0)
 ONE_APP_PHOTOS = 40

@@ -41,11 +41,10 @@ from PIL import Image, ImageDraw
 from engine.credentials import FIELDS, TOKEN_FILE_ENV, Credentials, load_credentials
 from engine.jobfile import Job, parse_job
 from engine.pool import PreprocessPool
-from engine.ratelimit import Rate
+from engine.ratelimit import Rate, most_in_window
 from engine.runner import run_job
 from engine.sandbox import Sandbox, SandboxConfig
 from engine.sandbox.catalogue import DEFAULT_CATALOGUE, Catalogue, Match
-from engine.sandbox.server import most_in_window
 from tools.samplegen import write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -140,7 +140,7 @@ class AppPool:
                     base_url=self.base_url,
                     protocol=self.protocol,
                     credentials=credentials,
-                    gate=AppGates.build(self._windows, self.budget),
+                    gate=AppGates.build(self._windows, self.budget, credentials.masked_key),
                     retry=self._retry,
                     token_store=self._store,
                     session=self._session,

@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import Any
 
 from engine import __version__
-from engine.commands import preprocess, reclean, run, sign, status
+from engine.commands import export, preprocess, reclean, report, run, sign, status
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,8 @@ COMMANDS: tuple[ModuleType | _Deferred, ...] = (
     run,
     status,
     reclean,
+    export,
+    report,
     preprocess,
     _Deferred(
         "sandbox",

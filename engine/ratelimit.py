@@ -18,6 +18,10 @@ A run has one :class:`CallBudget` (``--max-calls``), shared by the gates of ever
 work (one search) reserves the calls it needs up front with :meth:`CallBudget.reserve`, and
 :meth:`CallGate.acquire` draws each call from the :class:`Reservation` it is given.
 :class:`AppGates` are the gates of one app: one window for every API, or one per API.
+
+The budget also times every call it counts (:class:`CallEntry`, on its wall clock) and every
+refund, for the call ledger to take (:meth:`CallBudget.take_log`), and it may carry a
+:class:`CallCap`, a limit that changes with time such as a gateway's daily cap.
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from aiolimiter import AsyncLimiter
 
@@ -38,6 +43,19 @@ from engine.errors import Img1688Error
 
 class BudgetExhausted(Img1688Error):
     """The run's call budget (``--max-calls``) is spent. The job stops cleanly and resumes later."""
+
+
+def most_in_window(arrivals: Iterable[float], period: float) -> int:
+    """The most ``arrivals`` in any window of ``period`` seconds, as a gateway's rate window
+    counts them (an arrival leaves the window ``period`` seconds after it came): what the
+    sandbox enforces, and what tests, benchmarks and ``img1688 report`` compare with a rate."""
+    times = sorted(arrivals)
+    most, start = 0, 0
+    for end, now in enumerate(times):
+        while times[start] <= now - period:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
 
 
 @dataclass(frozen=True)
@@ -85,19 +103,60 @@ class Reservation:
         return max(0, self.calls - self.used)
 
 
+@dataclass(frozen=True)
+class CallEntry:
+    """One call a :class:`CallBudget` counted, or gave back, as the call ledger records it."""
+
+    at: float
+    """When it was counted: epoch seconds (UTC), on the budget's clock."""
+    app: str | None
+    """Whose call it was, as its gate is labelled (a masked app key), if it is."""
+    refund: bool = False
+    """This entry gives back the call counted at ``at`` for ``app`` (it never left)."""
+
+
+class CallCap(Protocol):
+    """A limit on a budget's calls besides its own ``limit``, one that may change with time
+    (a gateway's daily cap, whose allowance comes back each day). The budget tells it of every
+    call it counts or gives back, and asks it before every reservation and call."""
+
+    def left(self) -> int:
+        """Calls that may still be spent now."""
+        ...
+
+    def count(self, at: float, calls: int) -> None:
+        """``calls`` calls counted at ``at`` (the budget's clock); ``-1`` for a refund."""
+        ...
+
+    def reached(self) -> str:
+        """Why no further call fits now: the message of :class:`BudgetExhausted`."""
+        ...
+
+
 class CallBudget:
     """The calls a run may spend in this invocation, over every gate and every app.
 
     Args:
         limit: total calls that may be spent; ``None`` means unlimited.
+        cap: a limit besides ``limit`` that changes with time (see :class:`CallCap`).
+        clock: wall clock, epoch seconds, that times each call (injectable for tests).
     """
 
-    def __init__(self, limit: int | None = None) -> None:
+    def __init__(
+        self,
+        limit: int | None = None,
+        *,
+        cap: CallCap | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.limit = limit
+        self.cap = cap
+        self.clock = clock
         self.spent = 0
         """Calls spent so far, less the refunded ones that never reached the gateway."""
         self._closed = False
         self._reservations: set[Reservation] = set()
+        self._log: list[CallEntry] = []
 
     def __repr__(self) -> str:
         return f"CallBudget(limit={self.limit}, spent={self.spent}, closed={self._closed})"
@@ -115,7 +174,8 @@ class CallBudget:
         Raises:
             BudgetExhausted: at once, before the block runs, when the budget is closed, or when
                 ``spent`` plus the calls other reservations still hold plus ``calls`` would
-                exceed the limit.
+                exceed the limit, or the calls other reservations hold plus ``calls`` exceed
+                what the cap has left.
         """
         if self._closed:
             raise BudgetExhausted("no further call is admitted: the run is stopping")
@@ -124,6 +184,8 @@ class CallBudget:
                 f"the call budget of {self.limit} calls for this run is spent"
                 " (or too little is left for one more search)"
             )
+        if self.cap is not None and self._outstanding() + calls > self.cap.left():
+            raise BudgetExhausted(self.cap.reached())
         reservation = Reservation(calls)
         self._reservations.add(reservation)
         try:
@@ -146,19 +208,37 @@ class CallBudget:
             raise BudgetExhausted("no further call is admitted: the run is stopping")
         if self.limit is not None and self.spent >= self.limit:
             raise BudgetExhausted(f"the call budget of {self.limit} calls for this run is spent")
+        if self.cap is not None and self.cap.left() <= 0:
+            raise BudgetExhausted(self.cap.reached())
 
-    def spend(self, reservation: Reservation | None) -> None:
-        """Count one call, against ``reservation`` when given. Raises like :meth:`check`."""
+    def spend(self, reservation: Reservation | None, app: str | None = None) -> CallEntry:
+        """Count one call of ``app``, against ``reservation`` when given, and return its
+        entry (the log's, see :meth:`take_log`). Raises like :meth:`check`."""
         self.check()
         self.spent += 1
         if reservation is not None:
             reservation.used += 1
+        entry = CallEntry(self.clock(), app)
+        self._log.append(entry)
+        if self.cap is not None:
+            self.cap.count(entry.at, 1)
+        return entry
 
-    def refund(self, reservation: Reservation | None) -> None:
-        """Give back one call that provably never reached the gateway (and its reservation's)."""
+    def refund(self, reservation: Reservation | None, entry: CallEntry) -> None:
+        """Give back one call that provably never reached the gateway (and its reservation's);
+        ``entry`` is what :meth:`spend` returned for it."""
         self.spent -= 1
         if reservation is not None:
             reservation.used -= 1
+        self._log.append(replace(entry, refund=True))
+        if self.cap is not None:
+            self.cap.count(entry.at, -1)
+
+    def take_log(self) -> list[CallEntry]:
+        """The calls counted and given back since the last take, in order. Its owner (the
+        run's call account) takes it after every search, so it stays short."""
+        log, self._log = self._log, []
+        return log
 
     def close(self) -> None:
         """Admit no further call and no new reservation: every later :meth:`check` and
@@ -177,6 +257,8 @@ class Admission:
     """The gate's clock when the call was admitted (its departure)."""
     reservation: Reservation | None
     gate: CallGate = field(repr=False)
+    entry: CallEntry = field(repr=False)
+    """How the budget logged it."""
     refunded: bool = False
 
 
@@ -205,6 +287,7 @@ class CallGate:
             makes a budget of that limit for this gate alone.
         clock: monotonic clock for pauses and the window count, injectable for tests (the
             spacing itself is aiolimiter's, on the event loop's clock).
+        label: whose calls the gate admits (a masked app key), as the budget logs them.
     """
 
     def __init__(
@@ -215,8 +298,10 @@ class CallGate:
         jitter: float = 0.05,
         budget: CallBudget | int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        label: str | None = None,
     ) -> None:
         self.rate = rate
+        self.label = label
         self.spacing = (rate.period * (1.0 + margin) + jitter) / rate.calls
         self.budget = budget if isinstance(budget, CallBudget) else CallBudget(budget)
         self.spent = 0
@@ -274,12 +359,12 @@ class CallGate:
                 # A pause may have started while we waited for the bucket: honour it first.
                 if self._not_before <= self._clock():
                     break
-            self.budget.spend(reservation)
+            entry = self.budget.spend(reservation, self.label)
             self.spent += 1
             now = self._last = self._clock()
             self._admitted.append(now)
             self._forget_before(now - self.rate.period)
-            return Admission(now, reservation, self)
+            return Admission(now, reservation, self, entry)
         finally:
             self._waiting -= 1
 
@@ -295,7 +380,7 @@ class CallGate:
         if admission.refunded:
             return
         admission.refunded = True
-        self.budget.refund(admission.reservation)
+        self.budget.refund(admission.reservation, admission.entry)
         self.spent -= 1
         # Gone already if older than the period: then it no longer counts in the window.
         with contextlib.suppress(ValueError):
@@ -336,11 +421,16 @@ class AppGates:
         self.budget = gates[0].budget
 
     @classmethod
-    def build(cls, rate: Rate | Mapping[str, Rate], budget: CallBudget) -> AppGates:
-        """One shared gate at ``rate``, or one gate per API of the mapping, on ``budget``."""
+    def build(
+        cls, rate: Rate | Mapping[str, Rate], budget: CallBudget, label: str | None = None
+    ) -> AppGates:
+        """One shared gate at ``rate``, or one gate per API of the mapping, on ``budget``;
+        ``label`` names the app in the budget's log (see :class:`CallGate`)."""
         if isinstance(rate, Rate):
-            return cls(CallGate(rate, budget=budget))
-        return cls(per_api={api: CallGate(r, budget=budget) for api, r in rate.items()})
+            return cls(CallGate(rate, budget=budget, label=label))
+        return cls(
+            per_api={api: CallGate(r, budget=budget, label=label) for api, r in rate.items()}
+        )
 
     @property
     def gates(self) -> tuple[CallGate, ...]:

@@ -16,8 +16,9 @@ One run is a pipeline of asyncio tasks joined by bounded queues::
 * The exporter cleans stored answers into rows and writes Parquet parts; the same transaction
   that registers a part marks its images exported.
 
-Stopping (a signal, a fatal gateway error, the call budget) cancels the work in progress,
-flushes what is fetched, and leaves everything else pending for the next invocation.
+Stopping (a signal, a fatal gateway error, the call budget or the gateway's daily cap) cancels
+the work in progress, flushes what is fetched, and leaves everything else pending for the next
+invocation.
 
 This module is the plumbing: queues, tasks and stops. The policies it applies live beside it:
 :mod:`engine.reuse` (stored answers instead of calls), :mod:`engine.inflight` (one search for
@@ -31,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 
@@ -54,6 +56,7 @@ from engine.export import Exporter
 from engine.feed import Feed
 from engine.inflight import InFlightSearches, Search
 from engine.jobfile import Job
+from engine.ledger import open_ledger
 from engine.lifecycle import complete_run, open_run
 from engine.outcome import ExitCode, Interrupted, RunOutcome, completed_outcome, stop_outcome
 from engine.pool import PreprocessPool
@@ -303,7 +306,10 @@ class JobRunner:
             searched_at=result.searched_at,
             calls=result.http_calls,
         )
-        self.state.fetched(self.run.run_id, search.paths, answer, self.calls.book())
+        booking = self.calls.book()
+        self.state.fetched(
+            self.run.run_id, search.paths, answer, booking.run_calls, booking.call_log
+        )
 
     async def _export_all(self, paths: list[str]) -> None:
         for path in paths:
@@ -360,11 +366,13 @@ async def run_job(
     stop: asyncio.Event | None = None,
     stop_signal: Callable[[], int | None] = lambda: None,
     progress_interval: float | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> RunOutcome:
     """Run (or resume) ``job`` to completion or to a clean stop. Never raises for expected
     conditions: the outcome carries the exit code and a message that says what to do.
     ``credentials`` (one app or several) win over the environment's and the credentials
-    file's."""
+    file's. ``clock`` (epoch seconds) times the calls in the ledger and decides the gateway
+    day of the daily cap."""
     stop = stop or asyncio.Event()
     missing = [str(p) for p in job.inputs.paths if not p.exists()]
     if missing:
@@ -382,8 +390,10 @@ async def run_job(
         run = open_run(state, Feed(job.out, job.zstd_level, job.shard), job, fresh=fresh)
         async with AsyncExitStack() as stack:
             base_url, apps = await open_endpoint(stack, job, credentials)
-            # One budget for the run, whatever the number of apps and gates drawing on it.
-            budget = CallBudget(job.max_calls)
+            # One budget for the run, whatever the number of apps and gates drawing on it;
+            # the gateway's daily cap is a limit of its own on it, renewed each gateway day.
+            daily_cap = open_ledger(state, job.gateway.quota, clock)
+            budget = CallBudget(job.max_calls, cap=daily_cap, clock=clock)
             client = await stack.enter_async_context(
                 AppPool(
                     base_url=base_url,
@@ -428,8 +438,8 @@ async def _execute(runner: JobRunner) -> RunOutcome:
     try:
         await runner.execute()
     except Exception as exc:  # every stop becomes an outcome; unknown causes re-raise
-        code, message = stop_outcome(exc)
-        return _stopped(runner, code, message)
+        stop = stop_outcome(exc)
+        return _stopped(runner, stop.code, stop.message, fix=stop.fix)
     if runner.stopped_early is not None:
         message = f"{runner.stopped_early}; run the same command again to continue"
         return _stopped(runner, ExitCode.STOPPED_EARLY, message)
@@ -440,7 +450,9 @@ async def _execute(runner: JobRunner) -> RunOutcome:
     return completed_outcome(runner.run.run_id, failures, runner.summary())
 
 
-def _stopped(runner: JobRunner | None, code: ExitCode, message: str) -> RunOutcome:
+def _stopped(
+    runner: JobRunner | None, code: ExitCode, message: str, *, fix: str | None = None
+) -> RunOutcome:
     if runner is None:
-        return RunOutcome(code, None, message)
-    return RunOutcome(code, runner.run.run_id, message, runner.summary())
+        return RunOutcome(code, None, message, fix=fix)
+    return RunOutcome(code, runner.run.run_id, message, runner.summary(), fix=fix)

@@ -19,6 +19,11 @@ What it records, and why each fact is enough to resume exactly:
   feed can be re-cleaned later without calls.
 * ``parts``: the Parquet files that belong to the dataset. A file on disk that is not listed
   here was left by a crash between its rename and this commit, and is deleted on the next start.
+* ``calls``: the call ledger, one row per gateway call spent (admitted and not refunded), with
+  its time (epoch seconds, UTC), run and app key (masked), written with the run's call total
+  (``record_calls``, ``fetched``). It outlives ``--fresh``: those calls were paid for.
+  ``quota_settings``: the job's quota keys as the latest invocation gave them, for ``img1688
+  status``, which has no job file (see :mod:`engine.ledger`).
 
 The database is ``OUT/state.sqlite``; each shard of a sharded job (:mod:`engine.shard`) keeps
 its own, ``OUT/state-shard-I-of-N.sqlite``, under its own lock, listing only its own parts.
@@ -34,15 +39,19 @@ import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from engine.errors import StorageError
+from engine.ledger import QuotaSettings
 from engine.lock import OutputLock
 from engine.protocol import ProtocolName
 from engine.shard import UNSHARDED, Shard
+
+if TYPE_CHECKING:
+    from engine.ratelimit import CallEntry
 
 STATE_FILE = "state.sqlite"
 STATE_VERSION = 1
@@ -99,7 +108,25 @@ CREATE TABLE IF NOT EXISTS parts (
     created_at TEXT NOT NULL,
     PRIMARY KEY (kind, name)
 );
+CREATE TABLE IF NOT EXISTS calls (
+    at     REAL NOT NULL,
+    run_id TEXT NOT NULL,
+    app    TEXT
+);
+CREATE INDEX IF NOT EXISTS calls_by_run ON calls (run_id, at);
+CREATE INDEX IF NOT EXISTS calls_by_day ON calls (date(at, 'unixepoch', '+8 hours'));
+CREATE TABLE IF NOT EXISTS quota_settings (
+    id            INTEGER PRIMARY KEY CHECK (id = 1),
+    daily_calls   INTEGER,
+    package_calls INTEGER,
+    package_start TEXT,
+    low_share     REAL NOT NULL,
+    saved_at      TEXT NOT NULL
+);
 """
+_GATEWAY_DAY = "date(at, 'unixepoch', '+8 hours')"
+"""A call's gateway day, GMT+8 (:data:`engine.ledger.GATEWAY_TZ`), as ``calls_by_day`` indexes
+it: a query must spell it exactly so to use the index."""
 
 
 @dataclass(frozen=True)
@@ -303,9 +330,40 @@ class StateStore:
         """Gateway calls this run has spent, over all its invocations, lost ones included."""
         return _run_calls(self.db, run_id)
 
-    def record_calls(self, run_id: str, calls: int) -> None:
+    def record_calls(self, run_id: str, calls: int, call_log: Sequence[CallEntry] = ()) -> None:
+        """Write the run's call total and log ``call_log`` in the ledger, in one commit."""
         with self.transaction() as db:
             db.execute("UPDATE runs SET calls = ? WHERE run_id = ?", (calls, run_id))
+            _log_calls(db, run_id, call_log)
+
+    def call_times(self, run_id: str) -> list[float]:
+        """When each call of the run that the ledger holds was spent: epoch seconds (UTC), in
+        order, over all its invocations."""
+        return _call_times(self.db, run_id)
+
+    def calls_per_day(self) -> dict[date, int]:
+        """Calls logged per gateway day (GMT+8), over every run."""
+        return _calls_per_day(self.db)
+
+    def save_quota_settings(self, settings: QuotaSettings) -> None:
+        """Keep the job's quota keys for ``img1688 status`` (replacing any kept before)."""
+        start = settings.package_start.isoformat() if settings.package_start else None
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO quota_settings (id, daily_calls, package_calls,"
+                " package_start, low_share, saved_at) VALUES (1,?,?,?,?,?)",
+                (
+                    settings.daily_calls,
+                    settings.package_calls,
+                    start,
+                    settings.low_share,
+                    utc_now().isoformat(),
+                ),
+            )
+
+    def quota_settings(self) -> QuotaSettings | None:
+        """The quota keys the latest invocation kept; ``None`` before any."""
+        return _quota_settings(self.db)
 
     def complete_run(self, run_id: str) -> None:
         with self.transaction() as db:
@@ -412,15 +470,24 @@ class StateStore:
             [(reason, message, attempts, sha256, run_id, p) for p in paths],
         )
 
-    def fetched(self, run_id: str, paths: Sequence[str], answer: NewAnswer, run_calls: int) -> int:
+    def fetched(
+        self,
+        run_id: str,
+        paths: Sequence[str],
+        answer: NewAnswer,
+        run_calls: int,
+        call_log: Sequence[CallEntry] = (),
+    ) -> int:
         """Store a gateway answer and mark every photo it answers ``fetched``, atomically;
         returns the answer's id.
 
         The answer's calls are booked on the first path (the others rode along for free);
-        ``run_calls``, the calls the run has spent so far, is recorded in the same commit.
+        ``run_calls``, the calls the run has spent so far, is recorded in the same commit, and
+        so is ``call_log`` in the ledger.
         """
         with self.transaction() as db:
             db.execute("UPDATE runs SET calls = ? WHERE run_id = ?", (run_calls, run_id))
+            _log_calls(db, run_id, call_log)
             cursor = db.execute(
                 "INSERT INTO responses (sha256, request_key, protocol, raw_body, searched_at,"
                 " calls) VALUES (?,?,?,?,?,?)",
@@ -652,6 +719,56 @@ def _run_calls(db: sqlite3.Connection, run_id: str) -> int:
     return int(row[0]) if row else 0
 
 
+def _log_calls(db: sqlite3.Connection, run_id: str, call_log: Sequence[CallEntry]) -> None:
+    """Log spent calls in the ledger, and delete the row of each refunded one."""
+    for entry in call_log:
+        if entry.refund:
+            # Rows alike (same time, run and app) are interchangeable: deleting any one is right.
+            db.execute(
+                "DELETE FROM calls WHERE rowid = (SELECT rowid FROM calls WHERE run_id = ?"
+                " AND at = ? AND app IS ? LIMIT 1)",
+                (run_id, entry.at, entry.app),
+            )
+        else:
+            db.execute(
+                "INSERT INTO calls (at, run_id, app) VALUES (?,?,?)", (entry.at, run_id, entry.app)
+            )
+
+
+def _calls_per_day(db: sqlite3.Connection) -> dict[date, int]:
+    rows = db.execute(
+        f"SELECT {_GATEWAY_DAY} AS day, count(*) FROM calls GROUP BY day ORDER BY day"
+    ).fetchall()
+    return {date.fromisoformat(day): int(calls) for day, calls in rows}
+
+
+def _quota_settings(db: sqlite3.Connection) -> QuotaSettings | None:
+    row = db.execute(
+        "SELECT daily_calls, package_calls, package_start, low_share FROM quota_settings"
+    ).fetchone()
+    if row is None:
+        return None
+    daily, package, start, share = row
+    return QuotaSettings(daily, package, date.fromisoformat(start) if start else None, share)
+
+
+def _call_times(db: sqlite3.Connection, run_id: str) -> list[float]:
+    rows = db.execute("SELECT at FROM calls WHERE run_id = ? ORDER BY at", (run_id,)).fetchall()
+    return [float(at) for (at,) in rows]
+
+
+def _has_ledger(db: sqlite3.Connection) -> bool:
+    """Whether the database has the ledger's tables: one that no version with a ledger has
+    opened yet (status reads it read-only) has none."""
+    names = {
+        name
+        for (name,) in db.execute(
+            "SELECT name FROM sqlite_master WHERE name IN ('calls', 'quota_settings')"
+        )
+    }
+    return names == {"calls", "quota_settings"}
+
+
 def _latest_run(db: sqlite3.Connection) -> Run | None:
     row = db.execute(
         "SELECT run_id, run_date, started_at, fingerprint, completed_at FROM runs"
@@ -671,6 +788,10 @@ class Snapshot:
     reused_answers: int
     searched: int
     stored_answers: int
+    call_days: dict[date, int] = field(default_factory=dict)
+    """The call ledger: calls per gateway day, over every run."""
+    quota_settings: QuotaSettings | None = None
+    """The quota keys the latest invocation kept, if any."""
 
     def to_json(self) -> dict[str, object]:
         run = self.run
@@ -713,9 +834,12 @@ def snapshot(out: Path, shard: Shard = UNSHARDED) -> Snapshot | None:
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         stored = db.execute("SELECT count(*) FROM responses").fetchone()[0]
+        ledger = _has_ledger(db)
+        days = _calls_per_day(db) if ledger else {}
+        settings = _quota_settings(db) if ledger else None
         run = _latest_run(db)
         if run is None:
-            return Snapshot(None, {}, {}, 0, 0, 0, stored)
+            return Snapshot(None, {}, {}, 0, 0, 0, stored, days, settings)
         totals = _run_totals(db, run.run_id)
         return Snapshot(
             run=run,
@@ -725,6 +849,77 @@ def snapshot(out: Path, shard: Shard = UNSHARDED) -> Snapshot | None:
             reused_answers=totals["reused"],
             searched=totals["searched"],
             stored_answers=stored,
+            call_days=days,
+            quota_settings=settings,
         )
     finally:
         db.close()
+
+
+@dataclass(frozen=True)
+class RunIndex:
+    """What one checkpoint database knows of its runs and its feed: readers of the Parquet
+    feed (``img1688 export``) use it to find a run and the part files that hold it."""
+
+    shard: Shard
+    runs: tuple[Run, ...]
+    """Oldest first."""
+    parts: tuple[PartRecord, ...]
+    """Every registered part, of every run still in the feed, by name."""
+
+
+def run_index(out: Path, shard: Shard = UNSHARDED) -> RunIndex | None:
+    """The runs and registered parts of ``shard``'s checkpoints in ``out``, read-only and safe
+    while a run holds the lock, like :func:`snapshot`. ``None`` when there is no such database.
+
+    Raises:
+        StorageError: the database cannot be read (damaged, not a database, unreadable).
+    """
+    path = state_path(out, shard)
+    if not path.exists():
+        return None
+    with _read_only(path) as db:
+        runs = db.execute(
+            "SELECT run_id, run_date, started_at, fingerprint, completed_at FROM runs"
+            " ORDER BY started_at, rowid"
+        ).fetchall()
+        parts = db.execute(
+            "SELECT name, run_id, kind, run_date, rows FROM parts ORDER BY name"
+        ).fetchall()
+    return RunIndex(shard, tuple(Run(*r) for r in runs), tuple(PartRecord(*p) for p in parts))
+
+
+def run_call_times(out: Path, run_id: str, shard: Shard = UNSHARDED) -> list[float]:
+    """:meth:`StateStore.call_times` of ``shard``'s checkpoints in ``out``, read-only and safe
+    while a run holds the lock, like :func:`run_index`. Empty when there is no such database,
+    or when no version with the call ledger has opened it yet.
+
+    Raises:
+        StorageError: the database cannot be read (damaged, not a database, unreadable).
+    """
+    path = state_path(out, shard)
+    if not path.exists():
+        return []
+    with _read_only(path) as db:
+        return _call_times(db, run_id) if _has_ledger(db) else []
+
+
+@contextmanager
+def _read_only(path: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to the checkpoint database at ``path``, closed on leaving (a WAL
+    reader never blocks the writer, so this is safe while a run holds the lock).
+
+    Raises:
+        StorageError: the database cannot be read (see :func:`storage_error`).
+    """
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            yield db
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        storage = storage_error(exc, f"cannot read checkpoint database {path}")
+        if storage is None:
+            raise
+        raise storage from None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import pytest
 # The client tests' helpers assert too: rewrite them for pytest's messages, before the import.
 pytest.register_assert_rewrite("tests.gateway_kit")
 
+from engine.outcome import RunOutcome  # noqa: E402
 from engine.sandbox import Sandbox  # noqa: E402
 from engine.sandbox.catalogue import Catalogue  # noqa: E402
 from engine.state import StateStore  # noqa: E402
@@ -102,3 +105,76 @@ async def shared_sandbox(client_catalogue: Catalogue) -> AsyncIterator[Sandbox]:
     """One sandbox for a whole test, such as every example of a property test."""
     async with sandboxes(client_catalogue) as start:
         yield await start()
+
+
+# --- a whole job against the sandbox, for tests that read a finished feed -----------------
+
+
+@pytest.fixture(scope="session")
+def run_sandbox_job() -> Callable[..., RunOutcome]:
+    """``run_sandbox_job(inputs, out, catalogue_dir=None)``: run a job over the photos under
+    ``inputs`` into ``out`` against a sandbox on loopback (its built-in catalogue, or the one in
+    ``catalogue_dir``), in an event loop of its own, until it ends; returns the outcome. Made
+    for module-scoped fixtures whose tests only read the feed."""
+
+    def run(inputs: Path, out: Path, *, catalogue_dir: Path | None = None) -> RunOutcome:
+        return asyncio.run(_run_sandbox_job(inputs, out, catalogue_dir))
+
+    return run
+
+
+async def _run_sandbox_job(inputs: Path, out: Path, catalogue_dir: Path | None) -> RunOutcome:
+    from engine.credentials import Credentials
+    from engine.jobfile import parse_job
+    from engine.ratelimit import Rate
+    from engine.runner import run_job
+    from engine.sandbox import SandboxConfig
+
+    config = SandboxConfig(rate=Rate(1000, 1.0))
+    if catalogue_dir is not None:
+        config = replace(config, catalogue_dir=catalogue_dir)
+    async with Sandbox(config) as box:
+        job = parse_job(
+            {
+                "inputs": {"paths": [str(inputs)]},
+                "output": {"dir": str(out)},
+                "gateway": {"protocol": "ocean", "endpoint": box.url, "rate": "1000/1s"},
+                "engine": {"searches": 4, "flush_seconds": 0.5, "part_images": 8},
+            },
+            base=out.parent,
+        )
+        keys = (config.app_key, config.app_secret, config.access_token, config.refresh_token)
+        return await run_job(job, credentials=Credentials(*keys))
+
+
+# --- a disk that refuses a Parquet part (the tests run as root: file modes prove nothing) ---
+
+
+@pytest.fixture
+def break_part_write(monkeypatch: pytest.MonkeyPatch) -> Callable[..., list[Path]]:
+    """``break_part_write(errno_code, nth)``: the ``nth`` Parquet file written from now on (1
+    for the next) fails with ``OSError(errno_code)``, as a read-only (``EROFS``) or full
+    (``ENOSPC``) disk makes it fail, after creating the file; the others are written as usual.
+    Returns the list of the paths it was asked to write, filled as they come."""
+    import errno as errno_module
+    import os
+
+    import pyarrow.parquet as pq
+
+    write_table = pq.write_table
+
+    def arm(errno_code: int, nth: int = 1) -> list[Path]:
+        assert errno_code in errno_module.errorcode
+        asked: list[Path] = []
+
+        def write(table: object, where: object, *args: object, **kwargs: object) -> None:
+            asked.append(Path(str(where)))
+            if len(asked) == nth:
+                Path(str(where)).write_bytes(b"PAR1")  # a disk fails midway, not up front
+                raise OSError(errno_code, os.strerror(errno_code), str(where))
+            write_table(table, where, *args, **kwargs)
+
+        monkeypatch.setattr(pq, "write_table", write)
+        return asked
+
+    return arm

@@ -32,10 +32,9 @@ from engine.errors import FatalGatewayError
 from engine.jobfile import Job, parse_job
 from engine.outcome import ExitCode
 from engine.protocol import OCEAN_QUERY, OCEAN_UPLOAD, SEED_API
-from engine.ratelimit import Rate
+from engine.ratelimit import Rate, most_in_window
 from engine.runner import run_job
 from engine.sandbox import Sandbox, SandboxApp, SandboxConfig
-from engine.sandbox.server import most_in_window
 
 FIRST = SandboxApp("first-app-1688", "first-secret-51", "first-token-52", "first-refresh-53")
 SECOND = SandboxApp("second-app-1688", "second-secret-61", "second-token-62", "second-refresh-63")

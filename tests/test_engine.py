@@ -4,72 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 from collections import Counter
 from dataclasses import replace
+from datetime import date, datetime
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import duckdb
-import pyarrow.dataset as ds
 import pytest
 
 from engine.cli import main
 from engine.commands.reclean import reclean
 from engine.credentials import Credentials
 from engine.feed import Feed
-from engine.jobfile import Job, parse_job
-from engine.outcome import ExitCode
-from engine.ratelimit import Rate
+from engine.outcome import ExitCode, RunOutcome
+from engine.ratelimit import CallEntry, CallGate, Rate, most_in_window
 from engine.runner import run_job
 from engine.sandbox import Faults, Sandbox, SandboxConfig
 from engine.sandbox.faults import Fault, FaultPicker
 from engine.shard import Shard
 from engine.state import StateStore
 from tests.gateway_kit import UNRESOLVABLE
+from tests.job_kit import creds, image_files, make_job, read_table
 from tests.paths import SAMPLES
 
 FAST = Rate(1000, 1.0)
-
-
-def creds(config: SandboxConfig, **overrides: str) -> Credentials:
-    values = {
-        "app_key": config.app_key,
-        "app_secret": config.app_secret,
-        "access_token": config.access_token,
-        "refresh_token": config.refresh_token,
-    }
-    values.update(overrides)
-    return Credentials(**values)  # type: ignore[arg-type]
-
-
-def make_job(
-    inputs: Path, out: Path, url: str, *, protocol: str = "ocean", **sections: dict
-) -> Job:
-    data: dict = {
-        "inputs": {"paths": [str(inputs)]},
-        "output": {"dir": str(out)},
-        "gateway": {
-            "protocol": protocol,
-            "endpoint": url,
-            "rate": "1000/1s",
-            "attempts": 6,
-            "backoff_base": 0.01,
-            "backoff_max": 0.05,
-            "timeout": 5,
-        },
-        "engine": {"searches": 4, "flush_seconds": 0.5, "part_images": 8},
-    }
-    for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
-    return parse_job(data, base=out.parent)
-
-
-def read_table(out: Path, table: str) -> ds.Dataset:
-    return ds.dataset(out / table, format="parquet", partitioning="hive")
-
-
-def image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file())
 
 
 @pytest.fixture
@@ -347,7 +309,15 @@ async def test_bad_files_fail_alone_and_the_job_goes_on(sandbox: Sandbox, tmp_pa
     assert rows["gray16.png"]["status"] == "ok"
 
 
-async def test_the_rate_is_respected_and_used(query_dir: Path, tmp_path: Path) -> None:
+QUOTA_SPAN_SLACK = 1.0
+"""Seconds a steady run's arrivals may span beyond ``(n - 1) x spacing`` in real time on
+loopback: the first search waits for the preprocessing pool to start, and a busy host delays
+arrivals by milliseconds. A gate at half speed would add ``(n - 1) x spacing`` (over 4 s here)."""
+
+
+async def test_quota_use_is_pinned_no_window_over_the_rate_and_no_slot_wasted(
+    query_dir: Path, tmp_path: Path
+) -> None:
     rate = Rate(10, 2.0)
     config = SandboxConfig(rate=rate)
     photos = sorted(query_dir.glob("q0*.jpg"))[:12]
@@ -358,14 +328,21 @@ async def test_the_rate_is_respected_and_used(query_dir: Path, tmp_path: Path) -
     async with Sandbox(config) as sandbox:
         job = make_job(subset, tmp_path / "out", sandbox.url, gateway={"rate": "10/2s"})
         outcome = await run_job(job, credentials=creds(config))
-        stats = sandbox.stats()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{sandbox.url}/__sandbox__/stats") as answer,
+        ):
+            stats = await answer.json()
     assert outcome.exit_code == ExitCode.OK, outcome.message
     assert stats["rate_limited"] == 0
-    arrivals = stats["arrivals"]
-    assert len(arrivals) == 2 * len(photos)
-    for i, start in enumerate(arrivals):
-        in_window = [t for t in arrivals[i:] if t - start < rate.period]
-        assert len(in_window) <= rate.calls
+    arrivals = sorted(stats["arrivals"])
+    n = len(arrivals)
+    assert n == 2 * len(photos)
+    assert most_in_window(arrivals, rate.period) <= rate.calls
+    # Four searches keep the gate busy from the first call to the last: the arrivals are as
+    # dense as the spacing allows, so a slower gate (or idle slots) shows here.
+    spacing = CallGate(rate).spacing
+    assert arrivals[-1] - arrivals[0] <= (n - 1) * spacing + QUOTA_SPAN_SLACK
 
 
 async def test_status_reports_a_job_without_running_it(
@@ -539,10 +516,78 @@ async def test_a_gateway_outage_stops_the_job_and_the_resume_retries_its_photos(
 
     async with Sandbox(replace(outage, faults=Faults(), port=port)) as back:
         resumed = await run_job(job, credentials=creds(back.config))
+        searched_again = back.stats()["searches"]
     assert resumed.exit_code == ExitCode.OK, resumed.message
     assert resumed.run_id == stopped.run_id
     statuses = read_table(out, "images").to_table().column("status").to_pylist()
     assert len(statuses) == len(image_files(query_dir)) and set(statuses) == {"ok"}
+    # No answer came during the outage: the resume searched every photo, the held-back ones too.
+    assert len(searched_again) == len({p.read_bytes() for p in image_files(query_dir)})
+
+
+OUTAGE_THAT_ENDS = Faults(error_5xx=0.5, seed=45)
+"""With one search at a time and two attempts each, the first two searches meet only 5xx
+answers (a streak of two, one short of a breaker at 3), then the gateway answers again."""
+
+
+async def run_through_an_outage_that_ends(
+    query_dir: Path, tmp_path: Path
+) -> tuple[RunOutcome, dict[str, Any], list[dict[str, Any]]]:
+    """Four photos through :data:`OUTAGE_THAT_ENDS`: the outcome, the sandbox's stats and the
+    feed's ``images`` rows."""
+    photos = tmp_path / "four"
+    photos.mkdir()
+    for source in sorted(query_dir.glob("q0*.jpg"))[:4]:
+        shutil.copy(source, photos / source.name)
+    assert len({p.read_bytes() for p in image_files(photos)}) == 4
+    draws = FaultPicker(OUTAGE_THAT_ENDS)
+    assert [draws.decide().fault for _ in range(6)] == [Fault.SERVER_ERROR] * 4 + [None] * 2
+    config = SandboxConfig(rate=FAST, faults=OUTAGE_THAT_ENDS)
+    out = tmp_path / "out"
+    async with Sandbox(config) as sandbox:
+        job = make_job(
+            photos,
+            out,
+            sandbox.url,
+            protocol="seed",
+            gateway={"attempts": 2},
+            engine={"max_consecutive_failures": 3, "searches": 1},
+        )
+        outcome = await run_job(job, credentials=creds(config))
+        stats = sandbox.stats()
+    assert Counter(r["query_path"] for r in read_table(out, "images").to_table().to_pylist()) == (
+        Counter(map(str, image_files(photos)))
+    )
+    assert (out / "_SUCCESS").exists() == (outcome.exit_code == ExitCode.DONE_WITH_FAILURES)
+    return outcome, stats, read_table(out, "images").to_table().to_pylist()
+
+
+async def test_an_outage_that_ends_publishes_its_photos_as_failed_and_the_job_completes(
+    query_dir: Path, tmp_path: Path
+) -> None:
+    outcome, stats, rows = await run_through_an_outage_that_ends(query_dir, tmp_path)
+
+    assert outcome.exit_code == ExitCode.DONE_WITH_FAILURES, outcome.message
+    assert (stats["total_calls"], stats["faults"]["5xx"]) == (6, 4)
+    outcomes = Counter((r["status"], r["failure_reason"]) for r in rows)
+    assert outcomes == {("failed", "retries_exhausted"): 2, ("ok", None): 2}
+    failed = [r["failure_message"] for r in rows if r["status"] == "failed"]
+    assert all(message.startswith("gave up after 2 attempts: http_50") for message in failed)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="broken promise: docs/schema.md says images.calls counts the calls spent on the"
+    " photo, retries included, but a photo failed as retries_exhausted shows 0 (the runner"
+    " records its attempts, not its calls)",
+)
+async def test_a_photo_that_exhausted_its_retries_counts_the_calls_it_spent(
+    query_dir: Path, tmp_path: Path
+) -> None:
+    _, stats, rows = await run_through_an_outage_that_ends(query_dir, tmp_path)
+
+    assert sum(r["calls"] for r in rows) == stats["total_calls"]
+    assert [r["calls"] for r in rows if r["status"] == "failed"] == [2, 2]
 
 
 # --- shards: N processes split one job, writing into one output directory -------------------
@@ -687,4 +732,82 @@ async def test_an_unreachable_gateway_stops_the_job_at_once_and_spends_no_call(
     assert outcome.summary["calls_this_run"] == outcome.summary["calls_this_invocation"] == 0
     with StateStore(out) as state:
         assert state.calls_spent(outcome.run_id) == 0
+        assert state.call_times(outcome.run_id) == []  # refunded: not in the ledger either
     assert "failed" not in outcome.summary["status"]  # the photos wait for the next run
+
+
+# -- the quota ledger -------------------------------------------------------------------------
+
+
+def gmt8(text: str) -> float:
+    """Epoch seconds of a wall time in GMT+8, ``"2026-12-02 22:00"``."""
+    return datetime.fromisoformat(text + "+08:00").timestamp()
+
+
+async def test_the_daily_cap_stops_the_run_and_the_next_gateway_day_continues(
+    sandbox: Sandbox, query_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    job = make_job(query_dir, out, sandbox.url, gateway={"daily_calls": 100})
+    evening = gmt8("2026-12-02 22:00")
+    with StateStore(out) as state:  # another job on this output spent 94 calls today
+        earlier = [CallEntry(evening - 3600 + i, None) for i in range(94)]
+        state.record_calls("earlier", 94, earlier)
+
+    first = await run_job(job, credentials=creds(sandbox.config), clock=lambda: evening)
+
+    assert first.exit_code == ExitCode.STOPPED_EARLY, first.message
+    assert first.message.startswith("the gateway's daily cap is reached")
+    assert "the next gateway day starts at 2026-12-03 00:00 GMT+8 (" in first.message
+    assert sandbox.stats()["total_calls"] == 6  # three whole ocean searches in the 6 left
+    assert first.summary["quota"] == {
+        "calls_today": 100,
+        "left_today": 0,
+        "package_left": None,
+        "run_out": None,
+        "low": False,
+        "message": None,
+    }
+    assert not (out / "_SUCCESS").exists()
+
+    morning = gmt8("2026-12-03 00:30")
+    second = await run_job(job, credentials=creds(sandbox.config), clock=lambda: morning)
+
+    assert second.exit_code == ExitCode.OK, second.message
+    assert second.run_id == first.run_id
+    calls = 2 * len({p.read_bytes() for p in image_files(query_dir)})
+    assert sandbox.stats()["total_calls"] == calls  # not one call spent twice
+    with StateStore(out) as state:
+        assert state.calls_per_day() == {date(2026, 12, 2): 100, date(2026, 12, 3): calls - 6}
+        assert len(state.call_times(first.run_id)) == calls  # the ledger is the gateway's count
+
+
+async def test_a_nearly_spent_package_is_low_in_the_log_and_the_summary(
+    sandbox: Sandbox, query_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    package = {"package_calls": 1000, "package_start": "2026-11-01"}
+    job = make_job(query_dir, out, sandbox.url, gateway=package)
+    noon = gmt8("2026-12-02 12:00")
+    with StateStore(out) as state:  # 300 calls a day over the last three days
+        days = [CallEntry(noon - d * 86_400 + i, None) for d in (1, 2, 3) for i in range(300)]
+        state.record_calls("earlier", 900, days)
+
+    with caplog.at_level(logging.WARNING, logger="engine.ledger"):
+        outcome = await run_job(job, credentials=creds(sandbox.config), clock=lambda: noon)
+
+    assert outcome.exit_code == ExitCode.OK, outcome.message
+    assert "the image-search package is low: 100 of 1,000 calls left" in caplog.text
+    spent = sandbox.stats()["total_calls"]
+    quota = outcome.summary["quota"]
+    assert quota == {
+        "calls_today": spent,
+        "left_today": None,
+        "package_left": 100 - spent,
+        "run_out": "2026-12-03",  # at 300 a day
+        "low": True,
+        "message": quota["message"],
+    }
+    assert f"{100 - spent} of 1,000 calls left" in quota["message"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stats"]["quota"]["low"] is True

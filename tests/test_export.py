@@ -8,10 +8,11 @@ import asyncio
 import pyarrow.parquet as pq
 import pytest
 
+from engine import __version__
 from engine.clean import WholesaleFilters
 from engine.errors import StorageError
 from engine.export import Exporter
-from engine.feed import Feed
+from engine.feed import Feed, part_seq
 from engine.sandbox.catalogue import Catalogue, Match
 from engine.sandbox.formats import seed_success
 from engine.state import NewAnswer, Run, StateStore, utc_now
@@ -108,3 +109,114 @@ async def test_the_synchronous_write_for_reclean_matches_the_export(
     assert exported == batch
     assert [p.rows for p in state.parts(run.run_id)] == [p.rows for p in parts]
     assert {p.name for p in state.parts(run.run_id)}.isdisjoint(p.name for p in parts)
+
+
+# The images columns of a failed photo that come from its checkpoint record and the job.
+FAILED_FIELDS = (
+    "query_sha256",
+    "run_id",
+    "protocol",
+    "searched_at",
+    "engine_version",
+    "status",
+    "failure_reason",
+    "failure_message",
+    "calls",
+    "width",
+    "height",
+    "preprocess_steps",
+)
+
+
+async def test_answered_reused_and_failed_photos_each_get_their_images_row(
+    state: StateStore, client_catalogue: Catalogue
+) -> None:
+    run, [answered] = _fetched(state, client_catalogue, 1)
+    record = state.image(run.run_id, answered)
+    assert record is not None and record.response_id is not None
+    reused, failed, unexplained, answer_lost = (
+        f"/photos/{name}.jpg" for name in ("reused", "failed", "empty", "lost")
+    )
+    for path in (reused, failed, unexplained, answer_lost):
+        state.discovered(run.run_id, path, size=1, mtime_ns=1)
+    # Bytes already answered: the stored answer serves this photo too, without a call.
+    state.prepared(run.run_id, reused, "ab" * 32, 640, 480, ["resized"])
+    state.reused(run.run_id, reused, record.response_id)
+    state.prepared(run.run_id, failed, "cd" * 32, 300, 200, ["exif_rotated", "resized"])
+    state.failed(run.run_id, [failed], "retries_exhausted", "http_503 three times", attempts=3)
+    state.failed(run.run_id, [unexplained], "", "no reason recorded")
+    # An answer was stored, then the photo failed all the same: the failure is what counts.
+    answer = NewAnswer("ef" * 32, "{}", "seed", "{}", utc_now(), calls=1)
+    state.fetched(run.run_id, [answer_lost], answer, run_calls=2)
+    state.failed(run.run_id, [answer_lost], "unparsable", "not a seed answer")
+    exporter = Exporter(state, Feed(state.out), run, WholesaleFilters(), "ocean")
+
+    result = await exporter.export_finished([answered, reused, failed, unexplained, answer_lost])
+
+    offers = len(client_catalogue.products)
+    assert result is not None
+    assert (result.images_ok, result.images_failed, result.reused, result.match_rows) == (
+        2,
+        3,
+        1,
+        2 * offers,
+    )
+    [images] = [p for p in state.parts(run.run_id) if p.kind == "images"]
+    table = pq.read_table(Feed(state.out).part_path("images", images.run_date, images.name))
+    rows = {row["query_path"]: row for row in table.to_pylist()}
+    assert (rows[answered]["status"], rows[answered]["reused"]) == ("ok", False)
+    assert (rows[reused]["status"], rows[reused]["reused"]) == ("ok", True)
+    assert (rows[reused]["width"], rows[reused]["height"]) == (640, 480)
+    assert rows[reused]["preprocess_steps"] == ["resized"]
+    assert {k: rows[failed][k] for k in FAILED_FIELDS} == {
+        "query_sha256": "cd" * 32,
+        "run_id": run.run_id,
+        "protocol": "ocean",  # the job's: a failed photo has no answer to tell it
+        "searched_at": None,
+        "engine_version": __version__,
+        "status": "failed",
+        "failure_reason": "retries_exhausted",
+        "failure_message": "http_503 three times",
+        "calls": 0,
+        "width": 300,
+        "height": 200,
+        "preprocess_steps": ["exif_rotated", "resized"],
+    }
+    assert rows[unexplained]["failure_reason"] == "unknown"
+    assert (rows[answer_lost]["status"], rows[answer_lost]["failure_reason"]) == (
+        "failed",
+        "unparsable",
+    )
+    assert rows[answer_lost]["calls"] == 1  # the call it spent is still counted
+
+
+async def test_only_photos_not_yet_exported_are_exported_once(
+    state: StateStore, client_catalogue: Catalogue
+) -> None:
+    run, paths = _fetched(state, client_catalogue, 3)
+    exporter = Exporter(state, Feed(state.out), run, WholesaleFilters(), "seed")
+
+    # Named twice, and a path the checkpoints do not know: each known photo once.
+    first = await exporter.export_finished([*paths, paths[0], "/photos/unknown.jpg"])
+    again = await exporter.export_finished(paths)
+
+    assert first is not None and first.images_ok == 3
+    assert again is None  # nothing left to export, and no empty part written for it
+    assert sorted(p.rows for p in state.parts(run.run_id) if p.kind == "images") == [3]
+
+
+async def test_a_new_exporter_numbers_its_parts_after_those_its_run_has(
+    state: StateStore, client_catalogue: Catalogue
+) -> None:
+    run, paths = _fetched(state, client_catalogue, 4)
+    feed = Feed(state.out)
+    await Exporter(state, feed, run, WholesaleFilters(), "seed").export_finished(paths[:2])
+
+    # The next invocation resumes the run with an exporter of its own.
+    await Exporter(state, feed, run, WholesaleFilters(), "seed").export_finished(paths[2:])
+
+    parts = state.parts(run.run_id)
+    assert sorted(part_seq(p.name) for p in parts) == [1, 1, 2, 2]
+    for part in parts:  # the second exporter overwrote none of the first one's parts
+        path = feed.part_path(part.kind, part.run_date, part.name)
+        assert pq.read_table(path).num_rows == part.rows

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
-import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -14,8 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from engine.errors import StorageError
-from engine.feed import MANIFEST_FILE, SUCCESS_FILE, Feed, part_seq
+from engine.feed import MANIFEST_FILE, SUCCESS_FILE, Feed, manifest_files, part_seq
 from engine.shard import Shard
+from engine.state import PartRecord
 
 
 def table(n: int) -> pa.Table:
@@ -54,14 +57,23 @@ def test_markers_are_written_last_and_removed_first(tmp_path: Path) -> None:
     assert not (tmp_path / "_SUCCESS").exists()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through read-only modes")
-def test_an_unwritable_directory_is_a_storage_error(tmp_path: Path) -> None:
-    tmp_path.chmod(0o500)
-    try:
-        with pytest.raises(StorageError, match="cannot write"):
-            Feed(tmp_path).write_part("matches", "r", "2026-11-28", 1, table(1))
-    finally:
-        tmp_path.chmod(0o700)
+@pytest.mark.parametrize(
+    ("code", "says"),
+    [(errno.EROFS, "Read-only file system"), (errno.ENOSPC, "No space left on device")],
+)
+def test_an_unwritable_or_full_disk_is_a_storage_error_and_leaves_no_file(
+    code: int, says: str, tmp_path: Path, break_part_write: Callable[..., list[Path]]
+) -> None:
+    feed = Feed(tmp_path)
+    kept = feed.write_part("matches", "r", "2026-11-28", 1, table(1))
+    asked = break_part_write(code)
+
+    with pytest.raises(StorageError, match=f"cannot write .*part-r-000002.parquet: {says}"):
+        feed.write_part("matches", "r", "2026-11-28", 2, table(1))
+
+    assert asked and asked[0].name.endswith(".inprogress")  # it failed writing the temporary
+    folder = feed.part_path("matches", "2026-11-28", kept.name).parent
+    assert [p.name for p in folder.iterdir()] == [kept.name]  # the half-written file is gone
 
 
 def test_a_full_disk_is_a_storage_error(tmp_path: Path) -> None:
@@ -163,3 +175,134 @@ def test_shards_finishing_at_once_always_publish_the_dataset(tmp_path: Path) -> 
             future.result()  # no shard failed to publish (e.g. two writing one temporary file)
         assert (out / SUCCESS_FILE).exists()
         assert len(json.loads((out / MANIFEST_FILE).read_text())["files"]) == count
+
+
+def test_the_configured_zstd_level_and_column_statistics_reach_the_part(tmp_path: Path) -> None:
+    compressible = pa.table({"title": [f"offer {i % 97} size {i % 13}" for i in range(20_000)]})
+    sizes = {}
+    for level in (1, 19):
+        feed = Feed(tmp_path / str(level), zstd_level=level)
+        part = feed.write_part("matches", "r", "2026-11-28", 1, compressible)
+        path = feed.part_path("matches", "2026-11-28", part.name)
+        sizes[level] = path.stat().st_size
+        # Min/max per column chunk: what lets DuckDB or Polars skip parts on a filter.
+        column = pq.ParquetFile(path).metadata.row_group(0).column(0)
+        assert column.is_stats_set and column.statistics.has_min_max
+    assert sizes[19] < sizes[1]
+
+
+def test_deleting_parts_already_gone_is_not_an_error(tmp_path: Path) -> None:
+    feed = Feed(tmp_path)
+    part = feed.write_part("images", "r", "2026-11-28", 1, table(1))
+    feed.delete_parts([part])
+    feed.delete_parts([part])  # a crash after the unlink, before the checkpoint commit
+    assert not feed.part_path("images", "2026-11-28", part.name).exists()
+
+
+def test_clear_removes_the_folders_it_leaves_empty(tmp_path: Path) -> None:
+    feed = Feed(tmp_path)
+    for kind in ("matches", "images"):
+        for run_date in ("2026-11-27", "2026-11-28"):
+            feed.write_part(kind, "r", run_date, 1, table(1))
+    feed.mark_complete({"run_id": "r"})
+
+    feed.clear()
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST_FILE]
+
+
+def test_the_success_markers_are_empty_files(tmp_path: Path) -> None:
+    Feed(tmp_path / "plain").mark_complete({"run_id": "r"})
+    shards = [Feed(tmp_path / "sharded", shard=Shard(i, 2)) for i in range(2)]
+    for i, shard in enumerate(shards):
+        shard.mark_complete(shard_manifest("2026-12-02", f"r{i}", shard, 1))
+    markers = [
+        tmp_path / "plain" / SUCCESS_FILE,
+        *(tmp_path / "sharded" / s.shard.file_name(SUCCESS_FILE) for s in shards),
+        tmp_path / "sharded" / SUCCESS_FILE,
+    ]
+    assert [m.read_bytes() for m in markers] == [b""] * 4  # what Spark and Hadoop write
+
+
+def test_a_shard_manifest_without_its_success_marker_does_not_complete_the_dataset(
+    tmp_path: Path,
+) -> None:
+    first, second = Feed(tmp_path, shard=Shard(0, 2)), Feed(tmp_path, shard=Shard(1, 2))
+    # Shard 0 was killed between writing its manifest and its _SUCCESS-shard-0-of-2.
+    manifest = shard_manifest("2026-12-02", "r0", first, 2) | {"shard": "0/2"}
+    first.manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
+
+    second.mark_complete(shard_manifest("2026-12-02", "r1", second, 3))
+
+    assert not (tmp_path / SUCCESS_FILE).exists()
+    assert not (tmp_path / MANIFEST_FILE).exists()
+
+
+def test_the_dataset_manifest_names_its_schema_shards_and_row_counts(tmp_path: Path) -> None:
+    feeds = [Feed(tmp_path, shard=Shard(i, 2)) for i in range(2)]
+    manifests = [shard_manifest("2026-12-02", f"r{i}", f, 2) for i, f in enumerate(feeds)]
+    manifests[0]["rows"] = {"matches": 2}  # no images count: it counts as none
+    del manifests[1]["rows"]  # no counts at all: nothing to add
+    for feed, manifest in zip(feeds, manifests, strict=True):
+        feed.mark_complete(manifest)
+
+    dataset = json.loads((tmp_path / MANIFEST_FILE).read_text(encoding="utf-8"))
+
+    assert dataset["schema_version"] == 1
+    assert dataset["shard_count"] == 2
+    assert [s["manifest"] for s in dataset["shards"]] == [
+        "manifest-shard-0-of-2.json",
+        "manifest-shard-1-of-2.json",
+    ]
+    assert dataset["rows"] == {"matches": 2, "images": 0}
+    assert datetime.fromisoformat(dataset["completed_at"]).utcoffset() == timedelta(0)
+
+
+def test_part_seq_names_what_is_not_a_part_file(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not a part file name: 'manifest.json'"):
+        part_seq("manifest.json")
+
+
+def test_the_manifest_lists_each_part_with_its_path_table_run_and_rows() -> None:
+    parts = [
+        PartRecord("part-r1-000001.parquet", "r1", "matches", "2026-11-28", 7),
+        PartRecord("part-r1-000001.parquet", "r1", "images", "2026-11-28", 2),
+    ]
+    assert manifest_files(parts) == [
+        {
+            "path": "matches/run_date=2026-11-28/part-r1-000001.parquet",
+            "table": "matches",
+            "run_id": "r1",
+            "rows": 7,
+        },
+        {
+            "path": "images/run_date=2026-11-28/part-r1-000001.parquet",
+            "table": "images",
+            "run_id": "r1",
+            "rows": 2,
+        },
+    ]
+
+
+def test_manifest_values_json_cannot_hold_are_written_as_text(tmp_path: Path) -> None:
+    feed = Feed(tmp_path)
+    when = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+    feed.mark_complete({"run_id": "r", "completed_at": when})
+    assert feed.read_manifest() == {"run_id": "r", "completed_at": str(when)}
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '"done"', "{broken"])
+def test_a_manifest_that_is_not_a_json_object_reads_as_absent(tmp_path: Path, text: str) -> None:
+    feed = Feed(tmp_path)
+    feed.manifest_path.write_text(text, encoding="utf-8")
+    assert feed.read_manifest() is None
+
+
+def test_a_marker_that_cannot_be_written_is_a_storage_error_naming_the_reason(
+    tmp_path: Path,
+) -> None:
+    feed = Feed(tmp_path / "removed")  # the output directory is gone
+    with pytest.raises(StorageError) as caught:
+        feed.mark_complete({"run_id": "r"})
+    assert str(caught.value) == f"cannot write {feed.manifest_path}: No such file or directory"
+    assert not tmp_path.joinpath("removed").exists()

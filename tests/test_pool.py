@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,25 +23,72 @@ from engine.preprocess import (
     PreprocessOptions,
     prepare_image,
 )
+from tests.job_kit import wait_for
 
-# Worker-side functions: module level so that they pickle by reference.
+# Worker-side functions: module level so that they pickle by reference. They tell the test
+# where they are through files beside the image (the tests give them private copies), so that
+# nothing depends on how long a worker takes to start.
+
+WORKER_PATIENCE = 60.0
+"""Seconds a worker-side function waits for a state before it gives up: only a hang gets there."""
+
+
+NEIGHBOUR_STARTED = "neighbour.started"
+
+
+def started(path: Path) -> Path:
+    """The file that says a worker has begun on ``path``."""
+    return path.with_name(path.name + ".started")
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WORKER_PATIENCE
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still no {what} after {WORKER_PATIENCE:g} s")
+        time.sleep(0.01)
 
 
 def die(path: Path, options: PreprocessOptions) -> PreparedImage:
     """Stand-in for an image that makes its worker die (a decoder segfault, the OOM killer)."""
-    time.sleep(0.2)  # let the other images get going first
     os.kill(os.getpid(), signal.SIGKILL)
     raise AssertionError("unreachable")
 
 
+def die_beside_a_neighbour(path: Path, options: PreprocessOptions) -> PreparedImage:
+    """Like :func:`die`, once :func:`prepare_until_the_neighbour_died` has begun beside it; it
+    leaves its process id for that neighbour."""
+    wait_until(path.with_name(NEIGHBOUR_STARTED).exists, "neighbour at work")
+    killer = path.with_name("killer.pid")
+    killer.with_suffix(".tmp").write_text(str(os.getpid()))
+    killer.with_suffix(".tmp").replace(killer)
+    return die(path, options)
+
+
+def prepare_until_the_neighbour_died(
+    path: Path, options: PreprocessOptions
+) -> PreparedImage | PreprocessFailure:
+    """An innocent image still being prepared when its neighbour dies: it says it has begun,
+    then finishes only once the pool has reaped the dead worker (seen the crash)."""
+    path.with_name(NEIGHBOUR_STARTED).touch()
+    killer = path.with_name("killer.pid")
+    wait_until(
+        lambda: killer.exists() and not Path(f"/proc/{killer.read_text()}").exists(),
+        "reaped neighbour",
+    )
+    return prepare_image(path, options)
+
+
 def slow_prepare(path: Path, options: PreprocessOptions) -> PreparedImage | PreprocessFailure:
-    """An innocent image that is still being prepared when its neighbour dies."""
+    """An innocent image, half a second of work, that says when it has begun."""
+    started(path).touch()
     time.sleep(0.5)
     return prepare_image(path, options)
 
 
 def stall(path: Path, options: PreprocessOptions) -> PreparedImage:
-    """An image nobody will wait for."""
+    """An image nobody will wait for; it says when it has begun."""
+    started(path).touch()
     time.sleep(60)
     raise AssertionError("should have been stopped")
 
@@ -66,6 +115,13 @@ def huge(tmp_path_factory: pytest.TempPathFactory) -> Path:
     coarse = Image.fromarray(np.random.default_rng(1).integers(0, 256, (30, 40, 3), dtype=np.uint8))
     coarse.resize((6000, 4000), Image.Resampling.BICUBIC).save(path)
     return path
+
+
+def private_copy(image: Path, folder: Path) -> Path:
+    """A copy of ``image`` in the test's own ``folder``, so that its state files are the test's."""
+    copy = folder / image.name
+    shutil.copy(image, copy)
+    return copy
 
 
 def worker_pids(pool: PreprocessPool) -> list[int]:
@@ -115,11 +171,18 @@ async def test_the_pool_options_reach_the_workers(images: list[Path]) -> None:
     assert (result.width, result.height) == (60, 45)
 
 
-async def test_a_worker_killed_mid_image_fails_only_that_image(images: list[Path]) -> None:
+async def test_a_worker_killed_mid_image_fails_only_that_image(
+    images: list[Path], tmp_path: Path
+) -> None:
     options = PreprocessOptions()
+    doomed, innocent = (private_copy(image, tmp_path) for image in images[:2])
+    # The killer waits for the innocent image's start, and the innocent one for the killer's
+    # end: both are in flight when the pool sees the crash.
     async with PreprocessPool(workers=2, options=options) as pool:
-        killer = asyncio.create_task(pool._run(die, images[0], options))
-        bystander = asyncio.create_task(pool._run(slow_prepare, images[1], options))
+        killer = asyncio.create_task(pool._run(die_beside_a_neighbour, doomed, options))
+        bystander = asyncio.create_task(
+            pool._run(prepare_until_the_neighbour_died, innocent, options)
+        )
         others = [asyncio.create_task(pool.prepare(p)) for p in images[2:]]
         crashed, survived, *rest = await asyncio.gather(killer, bystander, *others)
         after = await pool.prepare(images[0])
@@ -151,14 +214,15 @@ async def test_an_exception_in_the_worker_fails_only_that_image(images: list[Pat
 
 
 async def test_timeout_stops_the_stuck_worker_and_the_pool_goes_on(
-    images: list[Path], huge: Path
+    images: list[Path], huge: Path, tmp_path: Path
 ) -> None:
     options = PreprocessOptions()
     async with PreprocessPool(workers=2, options=options) as pool:
         await pool.prepare(images[0])  # workers started
         stuck_pids = worker_pids(pool)
-        bystander = asyncio.create_task(pool._run(slow_prepare, images[1], options))
-        await asyncio.sleep(0.1)
+        innocent = private_copy(images[1], tmp_path)
+        bystander = asyncio.create_task(pool._run(slow_prepare, innocent, options))
+        await wait_for(started(innocent).exists, "the bystander at work")
         timed_out = await pool._run(prepare_image, huge, options, time_limit=0.01)
         survived = await bystander
         after = await asyncio.gather(*(pool.prepare(p) for p in images))
@@ -179,13 +243,14 @@ async def test_leaving_the_context_reaps_every_worker(images: list[Path]) -> Non
     assert await wait_until_gone(pids)
 
 
-async def test_a_cancelled_caller_stops_its_image(images: list[Path]) -> None:
+async def test_a_cancelled_caller_stops_its_image(images: list[Path], tmp_path: Path) -> None:
     options = PreprocessOptions()
+    stuck = private_copy(images[0], tmp_path)
     async with PreprocessPool(workers=1, options=options) as pool:
         await pool.prepare(images[0])
         pids = worker_pids(pool)
-        task = asyncio.create_task(pool._run(stall, images[0], options))
-        await asyncio.sleep(0.05)
+        task = asyncio.create_task(pool._run(stall, stuck, options))
+        await wait_for(started(stuck).exists, "the stalled image at work")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

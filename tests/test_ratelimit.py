@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import itertools
 
 import pytest
 
@@ -14,7 +14,9 @@ from engine.ratelimit import (
     CallGate,
     Rate,
     Reservation,
+    most_in_window,
 )
+from tests.fake_clock import on_fake_clock
 
 
 @pytest.mark.parametrize(
@@ -40,38 +42,140 @@ def test_bad_rates_say_what_is_expected(text: str) -> None:
 async def admit(
     gate: CallGate, callers: int, calls_each: int, reservation: Reservation | None = None
 ) -> list[float]:
+    """Admission times (the gate's clock) of ``callers`` tasks making ``calls_each`` calls."""
     times: list[float] = []
 
     async def caller() -> None:
         for _ in range(calls_each):
-            await gate.acquire(reservation)
-            times.append(time.monotonic())
+            times.append((await gate.acquire(reservation)).at)
 
     await asyncio.gather(*(caller() for _ in range(callers)))
     return sorted(times)
 
 
-async def test_no_window_holds_more_than_n_calls_even_at_the_start() -> None:
-    rate = Rate(5, 0.5)
-    times = await admit(CallGate(rate), callers=4, calls_each=4)
+# --- timing, on the fake loop clock ------------------------------------------------------------
+#
+# ``@on_fake_clock`` tests run on an event loop whose clock jumps to the next timer whenever the
+# loop would sleep (and ticks a microsecond a turn): aiolimiter's spacing (on the loop's clock) and
+# the gate's pauses and window count (its ``clock``, given the loop's) read one fake time, so the
+# bounds below are tight and no test waits in real time (tests/fake_clock.py; docs/testing.md
+# says why not looptime).
 
-    most = max(
-        sum(1 for t in times[i:] if t - start < rate.period) for i, start in enumerate(times)
-    )
-    assert most <= rate.calls
-    # ... and the allowance is used: 16 calls need just over 3 periods, not a burst then idle.
-    assert times[-1] - times[0] >= 15 * rate.period / rate.calls
+TOLERANCE = 1e-3
+"""Seconds of slack on fake-time bounds: the loop's ticks (a microsecond a turn) add up to far
+less, and a gate at half speed misses by a spacing a call (over 0.1 s here)."""
 
 
-async def test_a_pause_holds_back_every_caller() -> None:
-    gate = CallGate(Rate(100, 1.0))
-    await gate.acquire()
-    gate.pause(0.3)
-    started = time.monotonic()
-    times = await admit(gate, callers=3, calls_each=1)
-    assert min(times) - started >= 0.29
-    gate.pause(0.0)  # a shorter pause never shortens the one in force
-    assert gate.spent == 4
+def gate_on_loop_clock(rate: Rate, **kwargs: object) -> CallGate:
+    """A gate whose pauses and window count use the running loop's (fake) clock."""
+    return CallGate(rate, clock=asyncio.get_running_loop().time, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("rate", [Rate(10, 60.0), Rate(5, 0.5), Rate(3, 2.0)])
+@pytest.mark.parametrize("callers", [1, 4])
+@on_fake_clock
+async def test_a_steady_run_spans_n_minus_1_spacings_and_fills_every_window(
+    rate: Rate, callers: int
+) -> None:
+    gate = gate_on_loop_clock(rate)
+    n = 24
+    times = await admit(gate, callers=callers, calls_each=n // callers)
+
+    # A gate at half speed (or one that bursts) misses these bounds by far more than TOLERANCE.
+    assert times[-1] - times[0] == pytest.approx((n - 1) * gate.spacing, abs=TOLERANCE)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    assert min(gaps) >= gate.spacing - TOLERANCE  # evenly spaced: no burst, even at the start
+    # Never more than N in a window, and the allowance is used: N in the fullest window.
+    assert most_in_window(times, rate.period) == rate.calls
+    # The spacing is the documented one: N + 1 calls span the period, plus 1% and 50 ms.
+    assert rate.calls * gate.spacing == pytest.approx(rate.period * 1.01 + 0.05)
+
+
+@on_fake_clock
+async def test_callers_are_admitted_in_the_order_they_asked() -> None:
+    gate = gate_on_loop_clock(Rate(10, 1.0))
+    asked: list[tuple[int, int]] = []
+    admitted: list[tuple[int, int]] = []
+
+    async def caller(who: int) -> None:
+        for call in range(4):
+            asked.append((who, call))
+            await gate.acquire()
+            admitted.append((who, call))
+
+    await asyncio.gather(*(caller(who) for who in range(3)))
+
+    # First come, first served: no caller overtakes one that asked before it, so none starves.
+    assert admitted == asked
+    assert {who for who, _ in admitted[3:6]} == {0, 1, 2}  # and they really took turns
+
+
+@pytest.mark.parametrize("pauses", [(5.0, 1.0), (1.0, 5.0), (5.0, 0.0)])
+@on_fake_clock
+async def test_a_pause_lasts_as_long_as_the_longest_of_overlapping_pauses(
+    pauses: tuple[float, float],
+) -> None:
+    gate = gate_on_loop_clock(Rate(100, 1.0))
+    start = asyncio.get_running_loop().time()
+    for seconds in pauses:
+        gate.pause(seconds)
+
+    admitted = await gate.acquire()
+
+    # Admitted when the longest pause ends: not before (a short pause cut it), not after.
+    assert admitted.at == pytest.approx(start + max(pauses), abs=TOLERANCE)
+
+
+@on_fake_clock
+async def test_a_short_pause_during_a_long_one_does_not_release_the_waiting_callers() -> None:
+    gate = gate_on_loop_clock(Rate(100, 1.0))
+    start = asyncio.get_running_loop().time()
+    gate.pause(3.0)
+    callers = asyncio.gather(*(gate.acquire() for _ in range(3)))
+    await asyncio.sleep(1.0)
+    gate.pause(0.5)  # a later, shorter Retry-After: ends before the first pause does
+
+    admitted = sorted(a.at for a in await callers)
+
+    assert admitted[0] == pytest.approx(start + 3.0, abs=TOLERANCE)
+    assert admitted[-1] == pytest.approx(start + 3.0 + 2 * gate.spacing, abs=TOLERANCE)
+
+
+@on_fake_clock
+async def test_a_longer_pause_during_a_short_one_holds_the_waiting_callers_longer() -> None:
+    gate = gate_on_loop_clock(Rate(100, 1.0))
+    start = asyncio.get_running_loop().time()
+    gate.pause(1.0)
+    callers = asyncio.gather(*(gate.acquire() for _ in range(3)))
+    await asyncio.sleep(0.5)
+    gate.pause(3.0)  # ends at start + 3.5, after the first pause
+
+    admitted = sorted(a.at for a in await callers)
+
+    assert admitted[0] == pytest.approx(start + 3.5, abs=TOLERANCE)
+    assert admitted[-1] == pytest.approx(start + 3.5 + 2 * gate.spacing, abs=TOLERANCE)
+
+
+@on_fake_clock
+async def test_a_retry_after_pause_delays_every_caller_of_the_gate() -> None:
+    rate = Rate(10, 1.0)
+    gate = gate_on_loop_clock(rate)
+    retry_after = 2.0
+    first = await gate.acquire()
+    # Four more callers queue for the bucket's next slots while the first call is out.
+    queued = asyncio.gather(*(gate.acquire() for _ in range(4)))
+    await asyncio.sleep(0)
+    # The first call is answered "rate limited, Retry-After: 2": the client pauses the gate.
+    gate.pause(retry_after)
+
+    admitted = sorted(a.at for a in await queued)
+
+    # None of the others went out during the pause, though the bucket had slots for them;
+    # after it they are spaced as usual.
+    assert admitted[0] == pytest.approx(first.at + retry_after, abs=TOLERANCE)
+    assert admitted[-1] - admitted[0] == pytest.approx(3 * gate.spacing, abs=TOLERANCE)
+    assert most_in_window([first.at, *admitted], rate.period) <= rate.calls
+    assert gate.spent == 5
 
 
 async def test_the_budget_and_close_refuse_further_calls() -> None:
@@ -87,11 +191,14 @@ async def test_the_budget_and_close_refuse_further_calls() -> None:
     assert (gate.spent, open_gate.spent) == (3, 1)
 
 
+@on_fake_clock
 async def test_calls_in_window_forgets_old_calls() -> None:
-    gate = CallGate(Rate(100, 0.2))
-    await admit(gate, callers=1, calls_each=3)
+    gate = gate_on_loop_clock(Rate(100, 0.2))
+    times = await admit(gate, callers=1, calls_each=3)
     assert gate.calls_in_window() == 3
-    await asyncio.sleep(0.25)
+    await asyncio.sleep(times[0] + 0.2 - asyncio.get_running_loop().time())
+    assert gate.calls_in_window() == 2  # the first has just left the window
+    await asyncio.sleep(0.2)
     assert gate.calls_in_window() == 0
 
 

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from engine.discover import Candidate
+from engine.jobfile import Job
+from engine.outcome import ExitCode
+from engine.preprocess import PreparedImage, prepare_image
+from engine.ratelimit import Rate
 from engine.reuse import AnswerReuse
-from engine.state import NewAnswer, Run, StateStore
+from engine.runner import run_job
+from engine.sandbox import Sandbox, SandboxConfig
+from engine.state import STATE_FILE, NewAnswer, Run, StateStore
+from tests.job_kit import creds, image_files, make_job, read_table
 
 KEY = '{"page_size":20}'
 NOW = datetime(2026, 12, 2, 8, 0, tzinfo=UTC)
@@ -85,3 +95,54 @@ def test_another_request_key_is_never_reused(state: StateStore) -> None:
     reuse = AnswerReuse(state, current_run(state), '{"page_size":50}', ttl_days=7, now=NOW)
     assert reuse.answer("s1") is None
     assert not reuse.reuse_unchanged(Candidate(Path("/p/a.jpg"), 100, 7))
+
+
+# --- end to end: the sandbox on loopback, the real checkpoint database, the feed read back ---
+
+
+async def test_a_stored_answer_older_than_the_ttl_is_searched_again_end_to_end(
+    query_dir: Path, tmp_path: Path
+) -> None:
+    photos = tmp_path / "three"
+    photos.mkdir()
+    for source in sorted(query_dir.glob("q0*.jpg"))[:3]:
+        shutil.copy(source, photos / source.name)
+    stale, *fresh = image_files(photos)
+    out = tmp_path / "out"
+    config = SandboxConfig(rate=Rate(1000, 1.0))
+    async with Sandbox(config) as sandbox:
+        job = make_job(photos, out, sandbox.url, engine={"reuse_ttl_days": 7})
+        first = await run_job(job, credentials=creds(config))
+        assert first.exit_code == ExitCode.OK, first.message
+        # Make the stale photo's answer eight days old, as if it was searched back then.
+        eight_days_ago = (datetime.now(UTC) - timedelta(days=8)).isoformat()
+        with sqlite3.connect(out / STATE_FILE) as db:
+            aged = db.execute(
+                "UPDATE responses SET searched_at = ? WHERE sha256 = ?",
+                (eight_days_ago, hashlib.sha256(stale.read_bytes()).hexdigest()),
+            ).rowcount
+        db.close()
+        assert aged == 1
+
+        second = await run_job(job, credentials=creds(config))
+        searches = sandbox.stats()["searches"]
+
+    assert second.exit_code == ExitCode.OK, second.message
+    assert second.run_id != first.run_id
+    # The sandbox counts searches by the SHA-256 of the JPEG it was sent.
+    sent = {path: uploaded_sha256(path, job) for path in (stale, *fresh)}
+    assert searches == {sent[stale]: 2, **{sent[path]: 1 for path in fresh}}
+    rows = {
+        row["query_path"]: row
+        for row in read_table(out, "images").to_table().to_pylist()
+        if row["run_id"] == second.run_id
+    }
+    assert (rows[str(stale)]["reused"], rows[str(stale)]["calls"]) == (False, 2)
+    assert all(rows[str(path)]["reused"] and rows[str(path)]["calls"] == 0 for path in fresh)
+
+
+def uploaded_sha256(path: Path, job: Job) -> str:
+    """The SHA-256 of the JPEG the engine sends for ``path`` (preprocessing is deterministic)."""
+    prepared = prepare_image(path, job.preprocess)
+    assert isinstance(prepared, PreparedImage)
+    return hashlib.sha256(prepared.jpeg).hexdigest()

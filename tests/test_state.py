@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from engine.errors import StorageError
+from engine.ratelimit import CallEntry
 from engine.shard import UNSHARDED, Shard
 from engine.state import (
     NewAnswer,
@@ -298,3 +300,60 @@ def test_each_shard_has_its_own_checkpoints_and_unsharded_keeps_state_sqlite(
     assert runs == {Shard(0, 2): "r0", Shard(1, 2): "r1"}
     assert snapshot(out, Shard(0, 3)) is None
     assert checkpoint_shards(tmp_path / "nowhere") == []
+
+
+# -- the call ledger ----------------------------------------------------------------------
+
+
+def gmt8(text: str) -> float:
+    """Epoch seconds of a wall time in GMT+8, ``"2026-12-02 23:59"``."""
+    return datetime.fromisoformat(text + "+08:00").timestamp()
+
+
+@pytest.mark.parametrize(
+    ("calls", "days"),
+    [
+        (["2026-12-02 23:59", "2026-12-03 00:01"], {"2026-12-02": 1, "2026-12-03": 1}),
+        (["2026-12-02 00:00", "2026-12-02 23:59:59.999"], {"2026-12-02": 2}),
+        (["2026-12-02 07:59", "2026-12-02 08:00"], {"2026-12-02": 2}),  # UTC's midnight: no day
+        (["2026-12-03 00:00", "2026-12-02 23:59:59"], {"2026-12-02": 1, "2026-12-03": 1}),
+    ],
+)
+def test_the_ledger_counts_calls_per_gateway_day_in_gmt8(
+    store: StateStore, calls: list[str], days: dict[str, int]
+) -> None:
+    store.record_calls(RUN, len(calls), [CallEntry(gmt8(c), None) for c in calls])
+    assert store.calls_per_day() == {date.fromisoformat(d): n for d, n in days.items()}
+
+
+def test_call_times_are_the_runs_own_in_order_and_outlive_fresh(store: StateStore) -> None:
+    mine = [gmt8("2026-12-02 10:00:02"), gmt8("2026-12-02 10:00:01")]
+    store.record_calls(RUN, 1, [CallEntry(mine[0], "ap***21")])
+    store.fetched(RUN, ["a.jpg"], answer(), 2, [CallEntry(mine[1], "ap***21")])
+    store.record_calls(OTHER, 1, [CallEntry(gmt8("2026-12-01 10:00"), "ap***21")])
+    assert store.call_times(RUN) == sorted(mine)
+    assert len(store.call_times(OTHER)) == 1
+    store.forget_runs()  # --fresh: the calls were paid for all the same
+    assert store.call_times(RUN) == sorted(mine)
+    assert sum(store.calls_per_day().values()) == 3
+
+
+def test_a_refund_entry_removes_one_row_of_its_call(store: StateStore) -> None:
+    call = CallEntry(gmt8("2026-12-02 10:00"), "ap***21")
+    store.record_calls(RUN, 2, [call, call])  # two calls at the same instant: alike
+    store.record_calls(RUN, 1, [replace(call, refund=True)])
+    assert store.call_times(RUN) == [call.at]
+
+
+def test_a_database_without_the_ledger_reads_as_an_empty_one(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with StateStore(out) as state:
+        state.start_run(RUN, "2026-12-02", "{}")
+        state.db.execute("DROP TABLE calls")  # as a version before the ledger left it
+        state.db.execute("DROP TABLE quota_settings")
+    snap = snapshot(out)  # read-only, as status reads it: no table is created
+    assert snap is not None and snap.run is not None
+    assert (snap.call_days, snap.quota_settings) == ({}, None)
+    with StateStore(out) as state:  # a run opens it: the ledger is added, nothing else changes
+        assert state.calls_per_day() == {} and state.quota_settings() is None
+        assert state.latest_run() is not None

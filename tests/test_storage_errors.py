@@ -1,12 +1,14 @@
 """A disk or a checkpoint file the engine cannot use ends a run with exit 5 and a clear message.
 
-The failures are real (the tests run as root in CI, so file modes prove nothing): a directory
-where the database should be, a file that is not a database, and a file-size limit
-(``RLIMIT_FSIZE``) that makes SQLite's writes fail midway through a run.
+The tests run as root in CI, so file modes prove nothing. The failures are real where they can
+be: a directory where the database should be, a file that is not a database, and a file-size
+limit (``RLIMIT_FSIZE``) that makes SQLite's writes fail midway through a run. A read-only or
+full disk under a Parquet part is injected at the write (``break_part_write``).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import signal
@@ -19,8 +21,11 @@ import pyarrow.dataset as ds
 import pytest
 
 from engine.cli import main
+from engine.jobfile import load_job
 from engine.outcome import ExitCode
+from engine.runner import run_job
 from engine.state import STATE_FILE
+from tests.job_kit import image_statuses
 from tests.paths import REPO
 
 FILE_SIZE_LIMIT = 256 * 1024
@@ -103,3 +108,40 @@ def test_a_disk_that_fails_midway_exits_5_and_the_next_run_finishes(
     photos = sorted(str(p) for p in query_dir.rglob("*") if p.is_file())
     assert sorted(images.column("query_path").to_pylist()) == photos
     assert set(images.column("status").to_pylist()) == {"ok"}
+
+
+@pytest.mark.parametrize(
+    ("code", "says"),
+    [(errno.EROFS, "Read-only file system"), (errno.ENOSPC, "No space left on device")],
+)
+async def test_a_part_the_disk_refuses_exits_5_and_the_next_run_finishes(
+    code: int,
+    says: str,
+    job: Path,
+    query_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    break_part_write: Callable[..., list[Path]],
+) -> None:
+    out = tmp_path / "out"
+    with monkeypatch.context():
+        asked = break_part_write(code, 3)  # the second part's ``matches`` file
+
+        failed = await run_job(load_job(job))
+
+    assert len(asked) == 3
+    assert failed.exit_code == ExitCode.STORAGE == 5
+    assert failed.message.startswith(f"cannot write {out / 'matches'}")
+    assert failed.message.endswith(f"{says}; nothing committed was lost")
+    assert not (out / "_SUCCESS").exists()
+    # What was committed before the failure is in the feed, and only that.
+    exported = image_statuses(out)["exported"]
+    assert 0 < exported == ds.dataset(out / "images", partitioning="hive").count_rows()
+
+    finished = await run_job(load_job(job))
+
+    assert finished.exit_code == ExitCode.OK, finished.message
+    assert finished.run_id == failed.run_id
+    images = ds.dataset(out / "images", format="parquet", partitioning="hive").to_table()
+    photos = sorted(str(p) for p in query_dir.rglob("*") if p.is_file())
+    assert sorted(images.column("query_path").to_pylist()) == photos
