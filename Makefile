@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 N      ?= 5000
 
-.PHONY: run test lint bench corpus samples clean
+.PHONY: run test lint bench mutation corpus samples clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,16 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# Mutation testing of the modules that carry the promises (docs/testing.md); slow, so not part
+# of `make test`. make mutation [MUTATE="state feed"] runs only those groups of tools/mutation.py.
+MUTATE ?=
+$(VENV)/.mutation: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,mutation]'
+	touch $@
+
+mutation: $(VENV)/.mutation
+	$(BIN)/python -m tools.mutation $(MUTATE)
 
 # Rebuild the committed sample set (deterministic) with the generator in tools/ (not packaged):
 # buyer photos, awkward files and truth.json in sample_images/, and the sandbox's built-in

@@ -45,6 +45,8 @@ class GatewayError(Img1688Error):
         message: the gateway's human message, or our own description.
         status: the HTTP status, when there was an HTTP answer.
         request_id: the gateway's request id, when it sent one (quote it to support).
+        calls: the gated HTTP attempts the failed search spent, retries included (set by
+            :meth:`GatewayClient.search <engine.client.GatewayClient.search>`; 0 elsewhere).
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class GatewayError(Img1688Error):
         self.message = message
         self.status = status
         self.request_id = request_id
+        self.calls = 0
         super().__init__(self._describe())
 
     def _describe(self) -> str:

@@ -265,14 +265,13 @@ class JobRunner:
             return
         except ImageRejected as exc:
             await self._export_all(self.breaker.answered())
-            self._fail(search, "gateway_rejected", f"{exc.code}: {exc.message}", 1)
+            self._fail(search, "gateway_rejected", f"{exc.code}: {exc.message}", 1, exc.calls)
             await self._export_all(search.paths)
             return
         except (TransientError, RateLimited) as exc:
             attempts = self.job.gateway.retry.attempts
-            self._fail(
-                search, "retries_exhausted", f"gave up after {attempts} attempts: {exc}", attempts
-            )
+            message = f"gave up after {attempts} attempts: {exc}"
+            self._fail(search, "retries_exhausted", message, attempts, exc.calls)
             # Held back from the feed until the streak ends: if it trips the breaker, these
             # photos failed because the gateway was down, and the next invocation retries them.
             self.breaker.failed(search.paths, exc)
@@ -290,9 +289,11 @@ class JobRunner:
         self.searches.finish(search)
         self.state.requeued(self.run.run_id, search.paths)
 
-    def _fail(self, search: Search, reason: str, message: str, attempts: int) -> None:
+    def _fail(self, search: Search, reason: str, message: str, attempts: int, calls: int) -> None:
         self.searches.finish(search)
-        self.state.failed(self.run.run_id, search.paths, reason, message, attempts=attempts)
+        self.state.failed(
+            self.run.run_id, search.paths, reason, message, attempts=attempts, calls=calls
+        )
 
     def _store(self, search: Search, result: SearchResult) -> None:
         # No await between finishing the search and storing its answer: a duplicate that

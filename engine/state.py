@@ -460,14 +460,27 @@ class StateStore:
         *,
         attempts: int | None = None,
         sha256: str | None = None,
+        calls: int | None = None,
     ) -> None:
         """These photos failed for ``reason``: they go to the feed with no offers.
-        ``attempts`` (calls tried per photo) and ``sha256`` (for a photo that was read but
-        could not be prepared) are recorded when given."""
+        ``attempts`` (calls tried per photo), ``sha256`` (for a photo that was read but could
+        not be prepared) and ``calls`` (what their failed search spent, booked on the first
+        path like :meth:`fetched` does) are recorded when given."""
         self._update(
             "status = 'failed', reason = ?, message = ?, attempts = coalesce(?, attempts),"
-            " sha256 = coalesce(?, sha256)",
-            [(reason, message, attempts, sha256, run_id, p) for p in paths],
+            " sha256 = coalesce(?, sha256), calls = coalesce(?, calls)",
+            [
+                (
+                    reason,
+                    message,
+                    attempts,
+                    sha256,
+                    None if calls is None else calls * (i == 0),
+                    run_id,
+                    p,
+                )
+                for i, p in enumerate(paths)
+            ],
         )
 
     def fetched(

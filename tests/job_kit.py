@@ -2,8 +2,8 @@
 
 In-process jobs (``run_job``): :func:`make_job`, :func:`creds`, the feed read back with
 :func:`read_table`. The engine as a real subprocess (``python -m engine run``): :func:`engine_env`
-and :func:`start_engine`. And, instead of sleeping, :func:`wait_for` a state such as a row in the
-checkpoint database (:func:`image_statuses`).
+and :func:`start_engine`, and its checkpoint database read beside it (:func:`image_statuses`),
+a state to wait for with :func:`tests.waiting.wait_for`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import os
 import sqlite3
 import sys
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +23,6 @@ from engine.jobfile import Job, parse_job
 from engine.sandbox import SandboxConfig
 from engine.state import STATE_FILE
 from tests.paths import REPO
-
-STATE_TIMEOUT = 60.0
-"""Seconds a test waits for a state before it fails: far beyond any healthy run, so that only a
-hang reaches it."""
 
 
 def creds(config: SandboxConfig, **overrides: str) -> Credentials:
@@ -110,30 +105,7 @@ async def start_engine(job: Path, env: dict[str, str], *extra: str) -> asyncio.s
     )
 
 
-# --- waiting for a state ------------------------------------------------------------------
-
-
-async def wait_for(
-    condition: Callable[[], object],
-    what: str,
-    *,
-    process: asyncio.subprocess.Process | None = None,
-    patience: float = STATE_TIMEOUT,
-) -> None:
-    """Return once ``condition()`` is true; poll it every few milliseconds.
-
-    Raises:
-        AssertionError: ``process`` ended first, or ``patience`` seconds passed; the message
-            names ``what`` was awaited.
-    """
-    try:
-        async with asyncio.timeout(patience):
-            while not condition():
-                if process is not None and process.returncode is not None:
-                    raise AssertionError(f"the engine exited {process.returncode} before {what}")
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"still no {what} after {patience:g} s") from None
+# --- the checkpoint database, as another process reads it --------------------------------
 
 
 def image_statuses(out: Path) -> Counter[str]:

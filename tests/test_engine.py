@@ -575,12 +575,6 @@ async def test_an_outage_that_ends_publishes_its_photos_as_failed_and_the_job_co
     assert all(message.startswith("gave up after 2 attempts: http_50") for message in failed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="broken promise: docs/schema.md says images.calls counts the calls spent on the"
-    " photo, retries included, but a photo failed as retries_exhausted shows 0 (the runner"
-    " records its attempts, not its calls)",
-)
 async def test_a_photo_that_exhausted_its_retries_counts_the_calls_it_spent(
     query_dir: Path, tmp_path: Path
 ) -> None:

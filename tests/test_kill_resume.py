@@ -18,7 +18,8 @@ import pyarrow.dataset as ds
 from engine.outcome import ExitCode
 from engine.ratelimit import Rate
 from engine.sandbox import Sandbox, SandboxConfig
-from tests.job_kit import engine_env, start_engine, wait_for
+from tests.job_kit import engine_env, start_engine
+from tests.waiting import wait_for
 
 SEARCHES = 3
 ROUNDS = 4

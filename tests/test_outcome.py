@@ -103,3 +103,14 @@ def test_a_completed_run_is_0_without_failures_and_1_with_them() -> None:
     failed = completed_outcome("r1", {"not_an_image": 2, "truncated": 1}, {})
     assert failed.exit_code == ExitCode.DONE_WITH_FAILURES
     assert failed.message == "run complete with 3 failed image(s)"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interruption_names_its_signal_and_says_how_to_resume(signum: int) -> None:
+    assert str(Interrupted(signum)) == f"stopped by signal {signum}"
+    stop = stop_outcome(Interrupted(signum))
+    assert (stop.message, stop.fix) == ("interrupted; run the same command again to continue", None)
+
+
+def test_a_completed_outcome_is_the_runs_it_completed() -> None:
+    assert completed_outcome("r7", {}, {}).run_id == "r7"

@@ -23,7 +23,7 @@ from engine.preprocess import (
     PreprocessOptions,
     prepare_image,
 )
-from tests.job_kit import wait_for
+from tests.waiting import wait_for
 
 # Worker-side functions: module level so that they pickle by reference. They tell the test
 # where they are through files beside the image (the tests give them private copies), so that

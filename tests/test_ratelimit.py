@@ -389,3 +389,59 @@ async def test_refunded_calls_leave_the_window_count() -> None:
     gate.refund(admitted[3])
     assert gate.calls_in_window() == 2
     assert gate.spent == gate.budget.spent == 2
+
+
+# --- boundaries ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "rate"), [("1/60s", Rate(1, 60.0)), ("2/1s", Rate(2, 1.0)), ("5/0.5s", Rate(5, 0.5))]
+)
+def test_one_call_and_periods_of_a_second_or_less_are_rates(text: str, rate: Rate) -> None:
+    assert Rate.parse(text) == rate
+
+
+async def test_a_fresh_gate_admits_at_once_and_a_pause_of_nothing_holds_nobody() -> None:
+    clock = Clock()
+    clock.now = 0.0  # a monotonic clock may start anywhere, even at 0
+    gate = CallGate(Rate(10, 1.0), clock=clock)
+    assert gate.free_at() == 0.0
+    gate.pause(0.0)
+    gate.pause(-3.0)  # a Retry-After in the past
+    assert gate.free_at() == 0.0
+    assert (await gate.acquire()).at == 0.0
+
+
+async def test_free_at_counts_every_caller_already_in_line() -> None:
+    gate = CallGate(Rate(1000, 1.0), clock=Clock())
+    first = await gate.acquire()
+    in_line = [asyncio.create_task(gate.acquire()) for _ in range(2)]
+    await asyncio.sleep(0)  # both now wait for the bucket's next slots
+
+    # A third caller would go after the two in line, one spacing apart each.
+    assert gate.free_at() == first.at + 3 * gate.spacing
+    await asyncio.gather(*in_line)
+    assert gate.free_at() == first.at + gate.spacing  # nobody in line any more
+
+
+async def test_a_call_exactly_one_period_old_has_left_the_window() -> None:
+    clock = Clock()
+    gate = CallGate(Rate(10, 2.0), clock=clock)
+    first = await gate.acquire()
+    clock.now = first.at + 2.0
+    assert gate.calls_in_window() == 0
+
+
+async def test_app_gates_log_their_calls_under_the_apps_label_on_the_runs_budget() -> None:
+    budget = CallBudget()
+    shared = AppGates.build(Rate(1000, 1.0), budget, label="ap***21")
+    per_api = AppGates.build({"upload": Rate(1000, 1.0)}, budget, label="ap***99")
+    await shared.for_api("query").acquire()
+    await per_api.for_api("upload").acquire()
+    assert shared.budget is budget and budget.spent == 2
+    assert [entry.app for entry in budget.take_log()] == ["ap***21", "ap***99"]
+
+
+def test_an_app_without_a_gate_is_refused() -> None:
+    with pytest.raises(ValueError, match="an app needs at least one call gate"):
+        AppGates()

@@ -10,13 +10,17 @@ from pathlib import Path
 import pytest
 
 from engine.errors import StorageError
+from engine.ledger import QuotaSettings
 from engine.ratelimit import CallEntry
 from engine.shard import UNSHARDED, Shard
 from engine.state import (
     NewAnswer,
     PartRecord,
+    Snapshot,
     StateStore,
     checkpoint_shards,
+    run_call_times,
+    run_index,
     snapshot,
     storage_error,
 )
@@ -357,3 +361,150 @@ def test_a_database_without_the_ledger_reads_as_an_empty_one(tmp_path: Path) -> 
     with StateStore(out) as state:  # a run opens it: the ledger is added, nothing else changes
         assert state.calls_per_day() == {} and state.quota_settings() is None
         assert state.latest_run() is not None
+
+
+# -- read-only views: status, export ----------------------------------------------------
+
+
+def test_a_snapshot_shows_the_latest_run_its_counts_and_the_ledger(store: StateStore) -> None:
+    call = CallEntry(gmt8("2026-12-02 10:00"), None)
+    answered = store.fetched(RUN, ["a.jpg"], answer(calls=2), run_calls=3, call_log=[call] * 3)
+    store.reused(RUN, "b.jpg", answered)
+    store.failed(RUN, ["c.jpg"], "truncated", "cut")
+    store.fetched(OTHER, ["a.jpg"], answer("s2"), run_calls=1)  # another run's answer
+    settings = QuotaSettings(50, 1000, date(2026, 12, 1), 0.2)
+    store.save_quota_settings(settings)
+    run = store.latest_run()
+    assert run is not None and run.run_id == RUN
+
+    snap = snapshot(store.out)  # while the store holds the lock, as status does
+
+    assert snap == Snapshot(
+        run=run,
+        images={"fetched": 2, "failed": 1},
+        failures={"truncated": 1},
+        calls=3,
+        reused_answers=1,
+        searched=1,  # b.jpg was served from a.jpg's answer
+        stored_answers=2,
+        call_days={date(2026, 12, 2): 3},
+        quota_settings=settings,
+    )
+    assert snap.to_json() == {
+        "run": RUN,
+        "run_date": "2026-12-02",
+        "started_at": run.started_at,
+        "completed_at": None,
+        "state": "unfinished",
+        "images": {"fetched": 2, "failed": 1},
+        "failures": {"truncated": 1},
+        "calls": 3,
+        "reused_answers": 1,
+        "searched": 1,
+        "stored_answers": 2,
+    }
+    store.complete_run(RUN)
+    completed = snapshot(store.out)
+    assert completed is not None and completed.run is not None
+    assert completed.to_json()["state"] == "complete"
+    assert completed.to_json()["completed_at"] == completed.run.completed_at is not None
+
+
+def test_a_snapshot_after_fresh_has_no_run_but_keeps_answers_and_the_ledger(
+    store: StateStore,
+) -> None:
+    call = CallEntry(gmt8("2026-12-02 10:00"), "ap***21")
+    store.fetched(RUN, ["a.jpg"], answer(), run_calls=1, call_log=[call])
+    settings = QuotaSettings(daily_calls=50)
+    store.save_quota_settings(settings)
+    store.forget_runs()
+
+    snap = snapshot(store.out)
+
+    assert snap == Snapshot(None, {}, {}, 0, 0, 0, 1, {date(2026, 12, 2): 1}, settings)
+    assert snap.to_json() == {
+        "run": None,
+        "run_date": None,
+        "started_at": None,
+        "completed_at": None,
+        "state": "none",
+        "images": {},
+        "failures": {},
+        "calls": 0,
+        "reused_answers": 0,
+        "searched": 0,
+        "stored_answers": 1,
+    }
+
+
+def test_the_run_index_lists_runs_oldest_first_and_every_registered_part(
+    store: StateStore, tmp_path: Path
+) -> None:
+    store.set_fingerprint(RUN, '{"zstd_level": 9}')
+    store.exported([part("p-c.parquet"), part("p-b.parquet", "matches")], [(RUN, "a.jpg")])
+    store.exported([part("p-a.parquet", run_id=OTHER)], [(OTHER, "a.jpg")])
+
+    index = run_index(store.out)
+
+    assert index is not None and index.shard == UNSHARDED
+    assert [(r.run_id, r.fingerprint) for r in index.runs] == [
+        (OTHER, "{}"),
+        (RUN, '{"zstd_level": 9}'),  # set_fingerprint changed only the named run
+    ]
+    assert index.runs[-1] == store.latest_run()
+    assert index.parts == (  # by name, every run's
+        part("p-a.parquet", run_id=OTHER),
+        part("p-b.parquet", "matches"),
+        part("p-c.parquet"),
+    )
+    assert run_index(tmp_path / "nowhere") is None
+    assert run_index(store.out, Shard(0, 2)) is None
+
+
+def test_a_damaged_checkpoint_database_is_a_storage_error_for_its_readers(tmp_path: Path) -> None:
+    tmp_path.joinpath("state.sqlite").write_bytes(b"not a database, " * 512)
+    with pytest.raises(StorageError, match=r"cannot read checkpoint database .*not a database"):
+        run_index(tmp_path)
+    with pytest.raises(StorageError, match="cannot read checkpoint database"):
+        run_call_times(tmp_path, RUN)
+
+
+def test_run_call_times_reads_one_runs_ledger_read_only(store: StateStore, tmp_path: Path) -> None:
+    first, second = gmt8("2026-12-02 10:00:01"), gmt8("2026-12-02 10:00:02")
+    store.record_calls(RUN, 2, [CallEntry(second, None), CallEntry(first, None)])
+    store.record_calls(OTHER, 1, [CallEntry(gmt8("2026-12-01 10:00"), None)])
+    assert run_call_times(store.out, RUN) == [first, second]
+    assert run_call_times(tmp_path / "nowhere", RUN) == []
+    old = tmp_path / "old"
+    with StateStore(old) as state:
+        state.db.execute("DROP TABLE calls")  # as a version before the ledger left it
+    assert run_call_times(old, RUN) == []
+
+
+def test_images_in_lists_the_runs_photos_of_those_statuses_by_path(store: StateStore) -> None:
+    store.discovered(RUN, "0.jpg", 100, 7)  # recorded last, listed first
+    store.failed(RUN, ["c.jpg", "0.jpg"], "truncated", "cut")
+    store.in_flight(RUN, ["b.jpg"])
+    failed = store.images_in(RUN, ("failed",))
+    assert [(r.path, r.reason) for r in failed] == [("0.jpg", "truncated"), ("c.jpg", "truncated")]
+    assert [(r.path, r.status) for r in store.images_in(RUN, ("failed", "in_flight"))] == [
+        ("0.jpg", "failed"),
+        ("b.jpg", "in_flight"),
+        ("c.jpg", "failed"),
+    ]
+    assert store.images_in(OTHER, ("failed",)) == []
+
+
+def test_a_storage_error_names_the_code_when_sqlite_gives_no_name() -> None:
+    error = sqlite3.OperationalError("disk I/O error")
+    error.sqlite_errorcode = sqlite3.SQLITE_IOERR_WRITE  # type: ignore[attr-defined]
+    assert str(storage_error(error, "writing")) == (
+        f"writing: disk I/O error ({sqlite3.SQLITE_IOERR_WRITE}: the disk failed to read or write)"
+    )
+
+
+def test_a_failed_search_books_its_calls_on_the_first_photo_only(store: StateStore) -> None:
+    store.failed(RUN, ["a.jpg", "b.jpg"], "retries_exhausted", "down", attempts=5, calls=10)
+    store.failed(RUN, ["c.jpg"], "not_an_image", "text")  # no search: calls untouched
+    calls = [store.image(RUN, p).calls for p in ("a.jpg", "b.jpg", "c.jpg")]  # type: ignore[union-attr]
+    assert calls == [10, 0, 0]

@@ -22,17 +22,10 @@ from engine.ratelimit import Rate
 from engine.runner import STOP_GRACE_SECONDS
 from engine.sandbox import Faults, Sandbox, SandboxConfig
 from engine.state import snapshot
-from tests.job_kit import (
-    STATE_TIMEOUT,
-    engine_env,
-    image_files,
-    image_statuses,
-    read_table,
-    start_engine,
-    wait_for,
-)
+from tests.job_kit import engine_env, image_files, image_statuses, read_table, start_engine
+from tests.waiting import STATE_TIMEOUT, wait_for
 
-SLOW_ANSWER = STOP_GRACE_SECONDS + 3.0
+SLOW_ANSWER = STOP_GRACE_SECONDS + 2.0
 """Seconds the sandbox takes to answer in the grace test: longer than the grace, so that a
 process that waited for the answers would have stored them (the test asserts it stored none),
 and not much longer, since the sandbox finishes its slow answers before it stops."""
@@ -64,14 +57,14 @@ async def test_a_signal_lets_the_calls_in_flight_finish_and_the_next_run_complet
     signum: signal.Signals, code: ExitCode, query_dir: Path, tmp_path: Path, write_job
 ) -> None:
     assert (code, int(code)) in {(ExitCode.INTERRUPTED, 130), (ExitCode.TERMINATED, 143)}
-    photos = some_photos(query_dir, tmp_path, 10)
-    config = SandboxConfig(rate=Rate(4, 1.0))
+    photos = some_photos(query_dir, tmp_path, 8)
+    config = SandboxConfig(rate=Rate(5, 1.0))
     out = tmp_path / "out"
     async with Sandbox(config) as sandbox:
         job = write_job(
             inputs={"paths": [str(photos)]},
             output={"dir": str(out)},
-            gateway={"protocol": "seed", "endpoint": sandbox.url, "rate": "4/1s"},
+            gateway={"protocol": "seed", "endpoint": sandbox.url, "rate": "5/1s"},
             engine={"searches": 2, "flush_seconds": 0.3},
         )
         env = engine_env(config, tmp_path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -117,31 +118,42 @@ def test_a_disk_that_fails_midway_exits_5_and_the_next_run_finishes(
 async def test_a_part_the_disk_refuses_exits_5_and_the_next_run_finishes(
     code: int,
     says: str,
-    job: Path,
     query_dir: Path,
     tmp_path: Path,
+    write_job: Callable[..., Path],
     monkeypatch: pytest.MonkeyPatch,
     break_part_write: Callable[..., list[Path]],
 ) -> None:
+    photos = tmp_path / "eight"
+    photos.mkdir()
+    for source in sorted(query_dir.glob("q0*.jpg"))[:8]:
+        shutil.copy(source, photos / source.name)
     out = tmp_path / "out"
+    job = load_job(
+        write_job(
+            inputs={"paths": [str(photos)]},
+            output={"dir": str(out)},
+            gateway={"endpoint": "sandbox", "rate": "1000/1s"},
+            engine={"part_images": 4, "flush_seconds": 60},  # two parts, by count
+        )
+    )
     with monkeypatch.context():
         asked = break_part_write(code, 3)  # the second part's ``matches`` file
 
-        failed = await run_job(load_job(job))
+        failed = await run_job(job)
 
     assert len(asked) == 3
     assert failed.exit_code == ExitCode.STORAGE == 5
     assert failed.message.startswith(f"cannot write {out / 'matches'}")
     assert failed.message.endswith(f"{says}; nothing committed was lost")
     assert not (out / "_SUCCESS").exists()
-    # What was committed before the failure is in the feed, and only that.
-    exported = image_statuses(out)["exported"]
-    assert 0 < exported == ds.dataset(out / "images", partitioning="hive").count_rows()
+    # What was committed before the failure is in the feed, and only that: the first part.
+    assert image_statuses(out)["exported"] == 4
+    assert ds.dataset(out / "images", partitioning="hive").count_rows() == 4
 
-    finished = await run_job(load_job(job))
+    finished = await run_job(job)
 
     assert finished.exit_code == ExitCode.OK, finished.message
     assert finished.run_id == failed.run_id
     images = ds.dataset(out / "images", format="parquet", partitioning="hive").to_table()
-    photos = sorted(str(p) for p in query_dir.rglob("*") if p.is_file())
-    assert sorted(images.column("query_path").to_pylist()) == photos
+    assert sorted(images.column("query_path").to_pylist()) == sorted(map(str, photos.iterdir()))

@@ -323,21 +323,28 @@ class GatewayClient:
                 answered since the job started.
             FatalGatewayError: the job (or, per its ``fix``, this app) cannot go on.
             ImageRejected: the gateway refused this image.
+
+        Every :class:`~engine.errors.GatewayError` it raises carries in ``calls`` the attempts
+        the search spent.
         """
         with self._gates.budget.reserve(self.calls_per_search) as reservation:
             tally = _Tally(reservation)
-            if self.protocol == "seed":
-                answer = await self._call(SEED_API, self._seed_builder(jpeg, filters), tally)
-                image_id = None
-            else:
-                upload_form = ocean_upload_params(jpeg)
-                upload_build = self._ocean_builder(OCEAN_UPLOAD, upload_form)
-                upload = await self._call(OCEAN_UPLOAD, upload_build, tally, _check_upload)
-                image_id = str(_ocean_payload(upload.body))
-                query = ocean_query_params(image_id, filters)
-                answer = await self._call(
-                    OCEAN_QUERY, self._ocean_builder(OCEAN_QUERY, query), tally, _check_query
-                )
+            try:
+                if self.protocol == "seed":
+                    answer = await self._call(SEED_API, self._seed_builder(jpeg, filters), tally)
+                    image_id = None
+                else:
+                    upload_form = ocean_upload_params(jpeg)
+                    upload_build = self._ocean_builder(OCEAN_UPLOAD, upload_form)
+                    upload = await self._call(OCEAN_UPLOAD, upload_build, tally, _check_upload)
+                    image_id = str(_ocean_payload(upload.body))
+                    query = ocean_query_params(image_id, filters)
+                    answer = await self._call(
+                        OCEAN_QUERY, self._ocean_builder(OCEAN_QUERY, query), tally, _check_query
+                    )
+            except GatewayError as error:
+                error.calls = tally.calls  # a failed search's calls are spent all the same
+                raise
         return SearchResult(
             protocol=self.protocol,
             raw_body=answer.body,
