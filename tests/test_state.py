@@ -508,3 +508,12 @@ def test_a_failed_search_books_its_calls_on_the_first_photo_only(store: StateSto
     store.failed(RUN, ["c.jpg"], "not_an_image", "text")  # no search: calls untouched
     calls = [store.image(RUN, p).calls for p in ("a.jpg", "b.jpg", "c.jpg")]  # type: ignore[union-attr]
     assert calls == [10, 0, 0]
+
+
+def test_run_call_times_reads_the_named_shards_checkpoints(tmp_path: Path) -> None:
+    at = gmt8("2026-12-02 10:00")
+    with StateStore(tmp_path, Shard(1, 2)) as state:
+        state.start_run(RUN, "2026-12-02", "{}")
+        state.record_calls(RUN, 1, [CallEntry(at, None)])
+    assert run_call_times(tmp_path, RUN, Shard(1, 2)) == [at]
+    assert run_call_times(tmp_path, RUN) == []  # no unsharded state.sqlite here
