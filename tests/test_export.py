@@ -16,6 +16,7 @@ from engine.feed import Feed, part_seq
 from engine.sandbox.catalogue import Catalogue, Match
 from engine.sandbox.formats import seed_success
 from engine.state import NewAnswer, Run, StateStore, utc_now
+from tests.fake_clock import on_fake_clock
 
 PHOTOS = 2_000
 
@@ -134,10 +135,10 @@ async def test_answered_reused_and_failed_photos_each_get_their_images_row(
     run, [answered] = _fetched(state, client_catalogue, 1)
     record = state.image(run.run_id, answered)
     assert record is not None and record.response_id is not None
-    reused, failed, unexplained, answer_lost = (
-        f"/photos/{name}.jpg" for name in ("reused", "failed", "empty", "lost")
+    reused, failed, unexplained, answer_lost, *reuse_failed = (
+        f"/photos/{name}.jpg" for name in ("reused", "failed", "empty", "lost", "rf1", "rf2")
     )
-    for path in (reused, failed, unexplained, answer_lost):
+    for path in (reused, failed, unexplained, answer_lost, *reuse_failed):
         state.discovered(run.run_id, path, size=1, mtime_ns=1)
     # Bytes already answered: the stored answer serves this photo too, without a call.
     state.prepared(run.run_id, reused, "ab" * 32, 640, 480, ["resized"])
@@ -149,15 +150,21 @@ async def test_answered_reused_and_failed_photos_each_get_their_images_row(
     answer = NewAnswer("ef" * 32, "{}", "seed", "{}", utc_now(), calls=1)
     state.fetched(run.run_id, [answer_lost], answer, run_calls=2)
     state.failed(run.run_id, [answer_lost], "unparsable", "not a seed answer")
+    # A stored answer served these, then they failed all the same: failures, not reuses.
+    for path in reuse_failed:
+        state.reused(run.run_id, path, record.response_id)
+    state.failed(run.run_id, reuse_failed, "unparsable", "not a seed answer")
     exporter = Exporter(state, Feed(state.out), run, WholesaleFilters(), "ocean")
 
-    result = await exporter.export_finished([answered, reused, failed, unexplained, answer_lost])
+    result = await exporter.export_finished(
+        [answered, reused, failed, unexplained, answer_lost, *reuse_failed]
+    )
 
     offers = len(client_catalogue.products)
     assert result is not None
     assert (result.images_ok, result.images_failed, result.reused, result.match_rows) == (
         2,
-        3,
+        5,
         1,
         2 * offers,
     )
@@ -220,3 +227,35 @@ async def test_a_new_exporter_numbers_its_parts_after_those_its_run_has(
     for part in parts:  # the second exporter overwrote none of the first one's parts
         path = feed.part_path(part.kind, part.run_date, part.name)
         assert pq.read_table(path).num_rows == part.rows
+
+
+async def test_a_runs_parts_are_numbered_from_1_whatever_other_runs_left(
+    state: StateStore, client_catalogue: Catalogue
+) -> None:
+    earlier, paths = _fetched(state, client_catalogue, 2)
+    feed = Feed(state.out)
+    for path in paths:  # two parts for the earlier run
+        await Exporter(state, feed, earlier, WholesaleFilters(), "seed").export_finished([path])
+    later = state.start_run("r2", "2024-05-02", "{}")
+    state.discovered(later.run_id, paths[0], size=1, mtime_ns=1)
+    state.failed(later.run_id, [paths[0]], "truncated", "cut")
+
+    await Exporter(state, feed, later, WholesaleFilters(), "seed").export_finished(paths[:1])
+
+    assert [part_seq(p.name) for p in state.parts(later.run_id)] == [1, 1]
+
+
+@on_fake_clock
+async def test_exporting_yields_to_the_loop_without_sleeping(
+    state: StateStore, client_catalogue: Catalogue
+) -> None:
+    run, paths = _fetched(state, client_catalogue, 450)  # three slices of checkpoint reads
+    exporter = Exporter(state, Feed(state.out), run, WholesaleFilters(), "seed")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    result = await exporter.export_finished(paths)
+
+    assert result is not None and result.images_ok == 450
+    # On the fake clock only the loop's turns (a microsecond each) pass: no yield waits.
+    assert loop.time() - started < 0.1

@@ -445,3 +445,52 @@ async def test_app_gates_log_their_calls_under_the_apps_label_on_the_runs_budget
 def test_an_app_without_a_gate_is_refused() -> None:
     with pytest.raises(ValueError, match="an app needs at least one call gate"):
         AppGates()
+
+
+@pytest.mark.parametrize(
+    ("arrivals", "most"),
+    [
+        ([], 0),
+        ([0.0, 1.0, 2.0], 1),  # an arrival leaves the window exactly one period after it came
+        ([5.0, 0.1, 0.2, 0.3, 5.05], 3),  # in any order
+        ([0.0, 0.5, 1.2, 1.3], 3),  # the fullest window starts after the first arrival
+    ],
+)
+def test_most_in_window_counts_the_fullest_window_of_one_period(
+    arrivals: list[float], most: int
+) -> None:
+    assert most_in_window(arrivals, 1.0) == most
+
+
+class ReachedCap:
+    """A cap with nothing left: a gateway's daily cap on the day it is used up."""
+
+    def left(self) -> int:
+        return 0
+
+    def count(self, at: float, calls: int) -> None:
+        raise AssertionError("no call may be counted against a reached cap")
+
+    def reached(self) -> str:
+        return "the daily cap of 10 calls is reached"
+
+
+def test_a_reached_cap_refuses_calls_with_its_own_reason() -> None:
+    budget = CallBudget(cap=ReachedCap())
+    with pytest.raises(BudgetExhausted, match=r"^the daily cap of 10 calls is reached$"):
+        budget.check()
+    with pytest.raises(BudgetExhausted, match=r"^the daily cap of 10 calls is reached$"):
+        budget.reserve(1).__enter__()
+    assert budget.spent == 0
+
+
+@on_fake_clock
+async def test_a_pause_shorter_than_a_second_holds_callers_exactly_as_long() -> None:
+    gate = gate_on_loop_clock(Rate(100, 1.0))
+    start = asyncio.get_running_loop().time()
+    gate.pause(0.5)
+
+    admitted = sorted(a.at for a in await asyncio.gather(*(gate.acquire() for _ in range(3))))
+
+    assert admitted[0] == pytest.approx(start + 0.5, abs=TOLERANCE)
+    assert admitted[-1] == pytest.approx(start + 0.5 + 2 * gate.spacing, abs=TOLERANCE)
