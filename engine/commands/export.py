@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.commands import refused
 from engine.errors import ConfigError, StorageError
 
 # The feed reader and the writers (pyarrow, XlsxWriter) are imported by the handler: other
@@ -52,12 +53,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def handle(args: argparse.Namespace) -> int:
     try:
         run, written = export(args.out, args.format, run_id=args.run_id, file=args.file)
-    except ConfigError as exc:
-        print(f"img1688: {exc}", file=sys.stderr)
-        return 2
-    except StorageError as exc:
-        print(f"img1688: {exc}", file=sys.stderr)
-        return 5
+    except (ConfigError, StorageError) as exc:
+        return refused(exc)
     if not run.complete:
         print(
             f"img1688: run {run.run_id} is unfinished: the export holds the photos it has"

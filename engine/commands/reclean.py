@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.commands import refused
 from engine.errors import ConfigError, StorageError
 from engine.feed import Feed, manifest_files
 from engine.shard import UNSHARDED
@@ -60,12 +60,8 @@ def handle(args: argparse.Namespace) -> int:
 
     try:
         summary = reclean(args.out, load_job(args.job).filters if args.job else None)
-    except ConfigError as exc:
-        print(f"img1688: {exc}", file=sys.stderr)
-        return 2
-    except StorageError as exc:
-        print(f"img1688: {exc}", file=sys.stderr)
-        return 5
+    except (ConfigError, StorageError) as exc:
+        return refused(exc)
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -8,9 +8,9 @@ documented in ``docs/report.md``.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from engine.commands import refused
 from engine.errors import ConfigError, StorageError
 
 # The report's machinery (pyarrow, the preprocessing pool, Pillow) is imported by the handler:
@@ -61,12 +61,8 @@ def handle(args: argparse.Namespace) -> int:
 
     try:
         written = write_report(args.out, run_id=args.run_id, dest=args.file, top=args.top)
-    except ConfigError as exc:
-        print(f"img1688: {exc}", file=sys.stderr)
-        return 2
-    except StorageError as exc:
-        print(f"img1688: {exc}", file=sys.stderr)
-        return 5
+    except (ConfigError, StorageError) as exc:
+        return refused(exc)
     size = written.bytes / 1024
     print(
         f"img1688: report of run {written.run_id}, {written.photos:,} photos,"
