@@ -336,11 +336,6 @@ class StateStore:
             db.execute("UPDATE runs SET calls = ? WHERE run_id = ?", (calls, run_id))
             _log_calls(db, run_id, call_log)
 
-    def call_times(self, run_id: str) -> list[float]:
-        """When each call of the run that the ledger holds was spent: epoch seconds (UTC), in
-        order, over all its invocations."""
-        return _call_times(self.db, run_id)
-
     def calls_per_day(self) -> dict[date, int]:
         """Calls logged per gateway day (GMT+8), over every run."""
         return _calls_per_day(self.db)
@@ -903,8 +898,9 @@ def run_index(out: Path, shard: Shard = UNSHARDED) -> RunIndex | None:
 
 
 def run_call_times(out: Path, run_id: str, shard: Shard = UNSHARDED) -> list[float]:
-    """:meth:`StateStore.call_times` of ``shard``'s checkpoints in ``out``, read-only and safe
-    while a run holds the lock, like :func:`run_index`. Empty when there is no such database,
+    """When each call of the run that ``shard``'s ledger in ``out`` holds was spent: epoch
+    seconds (UTC), in order, over all its invocations. Read-only and safe while a run holds the
+    lock, like :func:`run_index`. Empty when there is no such database,
     or when no version with the call ledger has opened it yet.
 
     Raises:

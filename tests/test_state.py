@@ -335,10 +335,10 @@ def test_call_times_are_the_runs_own_in_order_and_outlive_fresh(store: StateStor
     store.record_calls(RUN, 1, [CallEntry(mine[0], "ap***21")])
     store.fetched(RUN, ["a.jpg"], answer(), 2, [CallEntry(mine[1], "ap***21")])
     store.record_calls(OTHER, 1, [CallEntry(gmt8("2026-12-01 10:00"), "ap***21")])
-    assert store.call_times(RUN) == sorted(mine)
-    assert len(store.call_times(OTHER)) == 1
+    assert run_call_times(store.out, RUN) == sorted(mine)
+    assert len(run_call_times(store.out, OTHER)) == 1
     store.forget_runs()  # --fresh: the calls were paid for all the same
-    assert store.call_times(RUN) == sorted(mine)
+    assert run_call_times(store.out, RUN) == sorted(mine)
     assert sum(store.calls_per_day().values()) == 3
 
 
@@ -346,7 +346,7 @@ def test_a_refund_entry_removes_one_row_of_its_call(store: StateStore) -> None:
     call = CallEntry(gmt8("2026-12-02 10:00"), "ap***21")
     store.record_calls(RUN, 2, [call, call])  # two calls at the same instant: alike
     store.record_calls(RUN, 1, [replace(call, refund=True)])
-    assert store.call_times(RUN) == [call.at]
+    assert run_call_times(store.out, RUN) == [call.at]
 
 
 def test_a_database_without_the_ledger_reads_as_an_empty_one(tmp_path: Path) -> None:
