@@ -10,7 +10,7 @@ from engine.client import SearchFilters
 from engine.errors import GatewayUnreachable
 from engine.ratelimit import CallBudget, CallGate, Rate
 from engine.sandbox import Sandbox
-from engine.state import StateStore
+from engine.state import StateStore, run_call_times
 from tests.gateway_kit import JPEG, LOOSE, client_at
 
 
@@ -75,11 +75,11 @@ async def test_each_spent_call_is_logged_with_its_time_and_app(state: StateStore
     await mine.acquire()
     await mine.acquire()
     account.record()
-    assert state.call_times("r") == [1_800_000_001.0, 1_800_000_002.0]
+    assert run_call_times(state.out, "r") == [1_800_000_001.0, 1_800_000_002.0]
     apps = state.db.execute("SELECT DISTINCT app FROM calls").fetchall()
     assert apps == [("ap***21",)]  # masked, as the gate is labelled
     account.record()  # nothing new: nothing written twice
-    assert len(state.call_times("r")) == 2
+    assert len(run_call_times(state.out, "r")) == 2
 
 
 async def test_a_refund_before_or_after_its_call_was_written_leaves_no_row(
@@ -91,14 +91,14 @@ async def test_a_refund_before_or_after_its_call_was_written_leaves_no_row(
     kept = await gate.acquire()
     gate.refund(await gate.acquire())  # refunded before anything was written
     account.record()
-    assert len(state.call_times("r")) == 1
+    assert len(run_call_times(state.out, "r")) == 1
     late = await gate.acquire()  # another search's call, booked with this search's answer ...
     booking = account.book()
     state.record_calls("r", booking.run_calls, booking.call_log)
-    assert len(state.call_times("r")) == 2
+    assert len(run_call_times(state.out, "r")) == 2
     gate.refund(late)  # ... then found never to have left: its row goes
     account.record()
-    assert state.call_times("r") == [kept.entry.at]
+    assert run_call_times(state.out, "r") == [kept.entry.at]
     assert state.calls_spent("r") == 1
 
 
@@ -112,8 +112,8 @@ async def test_attempts_that_never_left_are_not_logged_and_answered_ones_are(
         with pytest.raises(GatewayUnreachable):
             await client.search(JPEG, SearchFilters())
     account.record()
-    assert state.call_times("r") == []
+    assert run_call_times(state.out, "r") == []
     async with client_at(shared_sandbox.url, "ocean", gate=CallGate(LOOSE, budget=budget)) as c:
         await c.search(JPEG, SearchFilters())
     account.record()
-    assert len(state.call_times("r")) == shared_sandbox.stats()["total_calls"] == 2
+    assert len(run_call_times(state.out, "r")) == shared_sandbox.stats()["total_calls"] == 2

@@ -26,7 +26,7 @@ from engine.runner import run_job
 from engine.sandbox import Faults, Sandbox, SandboxConfig
 from engine.sandbox.faults import Fault, FaultPicker
 from engine.shard import Shard
-from engine.state import StateStore
+from engine.state import StateStore, run_call_times
 from tests.gateway_kit import UNRESOLVABLE
 from tests.job_kit import creds, image_files, make_job, read_table
 from tests.paths import SAMPLES
@@ -726,7 +726,7 @@ async def test_an_unreachable_gateway_stops_the_job_at_once_and_spends_no_call(
     assert outcome.summary["calls_this_run"] == outcome.summary["calls_this_invocation"] == 0
     with StateStore(out) as state:
         assert state.calls_spent(outcome.run_id) == 0
-        assert state.call_times(outcome.run_id) == []  # refunded: not in the ledger either
+        assert run_call_times(state.out, outcome.run_id) == []  # refunded: not in the ledger either
     assert "failed" not in outcome.summary["status"]  # the photos wait for the next run
 
 
@@ -773,7 +773,9 @@ async def test_the_daily_cap_stops_the_run_and_the_next_gateway_day_continues(
     assert sandbox.stats()["total_calls"] == calls  # not one call spent twice
     with StateStore(out) as state:
         assert state.calls_per_day() == {date(2026, 12, 2): 100, date(2026, 12, 3): calls - 6}
-        assert len(state.call_times(first.run_id)) == calls  # the ledger is the gateway's count
+        assert (
+            len(run_call_times(state.out, first.run_id)) == calls
+        )  # the ledger is the gateway's count
 
 
 async def test_a_nearly_spent_package_is_low_in_the_log_and_the_summary(
