@@ -9,7 +9,18 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("startup", "flush", "preprocess", "engine", "apps", "report")
+BENCHMARKS = (
+    "startup",
+    "flush",
+    "preprocess",
+    "engine",
+    "apps",
+    "report",
+    "evidence",
+    "evidence_run",
+    "lake",
+    "checkpoints",
+)
 
 
 def main(argv: list[str]) -> None:

@@ -117,6 +117,8 @@ def _job_data(
             "timeout": 10,
         },
         "engine": {"searches": 4, **engine},
+        # The pipeline's own cost is measured: offer evidence has its own bench (bench.evidence).
+        "evidence": {"enabled": False},
     }
 
 

@@ -1,5 +1,5 @@
 """``python -m engine`` is the same as the ``img1688`` console script."""
 
-from engine.cli import main
+from engine.cli import console
 
-raise SystemExit(main())
+raise SystemExit(console())

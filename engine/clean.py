@@ -27,12 +27,15 @@ from engine.parsers import (
     Parsed,
     PriceTier,
     brief,
+    parse_bool,
     parse_freight,
     parse_int,
+    parse_labels,
     parse_location,
     parse_min_order,
     parse_price_range,
     parse_price_tiers,
+    parse_repurchase_rate,
     parse_similarity,
     parse_text,
     parse_url,
@@ -44,6 +47,7 @@ Protocol = Literal["ocean", "seed"]
 FreightFilter = Literal["all", "free", "paid"]
 
 OFFER_URL = "https://detail.1688.com/offer/{item_id}.html"
+_FREE_SHIPPING = {"free": True, "paid": False}
 _LABEL_LIMIT = 200
 
 
@@ -122,7 +126,17 @@ class WholesaleFilters:
 
 @dataclass(frozen=True)
 class Offer:
-    """One cleaned offer. Prices are CNY; ``notes`` holds ``"field: problem"`` entries."""
+    """One cleaned offer. Prices are CNY; ``notes`` holds ``"field: problem"`` entries.
+
+    The fields after ``notes`` are the supplier signals only ``ocean`` answers carry (a seed
+    offer leaves them at their defaults): ``title_en`` (``subjectTrans``), ``repurchase_rate``
+    in ``[0, 1]`` (``repurchaseRate``, ``"23%"`` -> 0.23), ``seller_identities``
+    (``sellerIdentities``: badges such as ``super_factory``, de-duplicated, order kept),
+    ``one_piece_sale`` (``isOnePsale``: sold by the piece), and from
+    ``productSimpleShippingInfo`` ``ship_in`` (``shippingTimeGuarantee``, e.g.
+    ``"shipIn48Hours"``) and ``free_shipping`` (``freeShipping``; the same fact ``freight``
+    states, ``None`` where it is ``"unknown"``).
+    """
 
     item_id: int
     title: str | None
@@ -141,6 +155,12 @@ class Offer:
     offer_url: str
     image_url: str | None
     notes: tuple[str, ...] = ()
+    title_en: str | None = None
+    repurchase_rate: float | None = None
+    seller_identities: tuple[str, ...] = ()
+    one_piece_sale: bool | None = None
+    ship_in: str | None = None
+    free_shipping: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -167,7 +187,8 @@ class CleanResult:
 
 @dataclass(frozen=True)
 class _RawItem:
-    """One item's raw field values, wherever its protocol keeps them."""
+    """One item's raw field values, wherever its protocol keeps them (the supplier signals:
+    ocean only)."""
 
     item_id: object
     title: object
@@ -180,10 +201,18 @@ class _RawItem:
     company: object
     sales: object
     image: object
+    title_en: object = None
+    repurchase_rate: object = None
+    seller_identities: object = None
+    one_piece_sale: object = None
+    ship_in: object = None
+    freight_is_free_shipping: bool = False
+    """``freight`` is a free-shipping flag, so it also fills ``Offer.free_shipping``."""
 
 
 def _ocean_item(item: Mapping[str, object]) -> _RawItem:
     shipping = item.get("productSimpleShippingInfo")
+    shipping_info = shipping if isinstance(shipping, dict) else {}
     return _RawItem(
         item_id=item.get("offerId"),
         title=item.get("subject"),
@@ -197,6 +226,13 @@ def _ocean_item(item: Mapping[str, object]) -> _RawItem:
         company=item.get("companyName"),
         sales=item.get("monthSold"),
         image=item.get("imageUrl"),
+        title_en=item.get("subjectTrans"),
+        repurchase_rate=item.get("repurchaseRate"),
+        seller_identities=item.get("sellerIdentities"),
+        one_piece_sale=item.get("isOnePsale"),
+        # A productSimpleShippingInfo that is no object is noted once, under freight.
+        ship_in=shipping_info.get("shippingTimeGuarantee"),
+        freight_is_free_shipping=True,
     )
 
 
@@ -233,6 +269,7 @@ def _offer(raw: _RawItem, item_id: int, rank: int) -> Offer:
     prices = [*(price or ()), *(tier.price for tier in tiers)]
     if min_order is None and tiers:  # on 1688 the lowest tier starts at the minimum order
         min_order = (tiers[0].min_quantity, None)
+    freight = take("freight", parse_freight(raw.freight)) or "unknown"
     return Offer(
         item_id=item_id,
         title=take("title", parse_text(raw.title)),
@@ -245,11 +282,17 @@ def _offer(raw: _RawItem, item_id: int, rank: int) -> Offer:
         rank=rank,
         province=location[0] if location else None,
         city=location[1] if location else None,
-        freight=take("freight", parse_freight(raw.freight)) or "unknown",
+        freight=freight,
         company=take("company", parse_text(raw.company)),
         monthly_sales=take("monthly_sales", parse_int(raw.sales, minimum=0)),
         offer_url=OFFER_URL.format(item_id=item_id),
         image_url=take("image_url", parse_url(raw.image)),
+        title_en=take("title_en", parse_text(raw.title_en)),
+        repurchase_rate=take("repurchase_rate", parse_repurchase_rate(raw.repurchase_rate)),
+        seller_identities=take("seller_identities", parse_labels(raw.seller_identities)) or (),
+        one_piece_sale=take("one_piece_sale", parse_bool(raw.one_piece_sale)),
+        ship_in=take("ship_in", parse_text(raw.ship_in)),
+        free_shipping=_FREE_SHIPPING.get(freight) if raw.freight_is_free_shipping else None,
         notes=tuple(notes),
     )
 

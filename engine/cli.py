@@ -125,3 +125,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     return int(args.func(args))
+
+
+def console(argv: Sequence[str] | None = None) -> int:
+    """The ``img1688`` program: :func:`main`, then what only the process's end may do.
+
+    Tests call :func:`main` many times in one process; this runs once per process.
+    """
+    try:
+        return main(argv)
+    finally:
+        from engine.storage import finalize_s3
+
+        finalize_s3()

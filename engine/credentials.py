@@ -26,17 +26,20 @@ starts with it instead of the stale token in the environment.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import stat
 import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.errors import ConfigError
+from engine.storage import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +253,8 @@ class StoredToken:
 class TokenStore:
     """Access tokens by app key, in a JSON file that only its owner may read (mode 0600).
 
-    Writes are atomic: a temp file created 0600, fsynced, then renamed over the store.
+    Writes are atomic (:func:`engine.storage.write_atomic`, the temporary created 0600) and
+    serialised across processes by a lock file beside it, so jobs of several apps may share it.
     """
 
     def __init__(self, path: Path) -> None:
@@ -279,6 +283,18 @@ class TokenStore:
             return {}
         return data
 
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """An ``flock`` on ``.NAME.lock`` beside the store for one read-change-replace: the
+        store is one file for every app, and two jobs' saves would otherwise each write back
+        what they read, the later dropping the earlier's new token. Held for milliseconds."""
+        fd = os.open(self.path.with_name(f".{self.path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
     def load(self, app_key: str) -> StoredToken | None:
         """The token stored for ``app_key``, or ``None`` if there is none (or it is malformed)."""
         entry = self._read().get(app_key)
@@ -302,25 +318,27 @@ class TokenStore:
         refresh_token: str | None,
         expires_at: float | None,
     ) -> None:
-        """Store the token pair of ``app_key``, keeping the other app keys' entries."""
-        data = self._read()
-        data[app_key] = {
-            "access_token": access_token,
-            "refresh_token": refresh_token,
-            "expires_at": expires_at,
-        }
+        """Store the token pair of ``app_key``, keeping the other app keys' entries, even
+        when jobs of other apps save theirs at the same moment (see :meth:`_locked`).
+
+        Raises:
+            StorageError: the store cannot be written.
+        """
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(data, out, indent=2, sort_keys=True)
-                out.flush()
-                os.fsync(out.fileno())
-            # A leftover temp file from a crash may carry a wider mode: O_CREAT keeps it.
-            os.chmod(temp, 0o600)
-            os.replace(temp, self.path)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
+        with self._locked():
+            data = self._read()
+            data[app_key] = {
+                "access_token": access_token,
+                "refresh_token": refresh_token,
+                "expires_at": expires_at,
+            }
+
+            def write(temp: Path) -> None:
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w", encoding="utf-8") as out:
+                    json.dump(data, out, indent=2, sort_keys=True)
+                # A leftover temp file from a crash may carry a wider mode: O_CREAT keeps it.
+                os.chmod(temp, 0o600)
+
+            write_atomic(self.path, write)
         os.chmod(self.path, 0o600)

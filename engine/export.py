@@ -14,12 +14,23 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from engine import __version__
-from engine.clean import Offer, WholesaleFilters, parse_response
-from engine.feed import Feed, part_seq
-from engine.schema import ImageRow, Lineage, images_table, matches_table
+from engine.clean import CleanResult, WholesaleFilters, parse_response
+from engine.feed import Feed, last_seq
+from engine.schema import (
+    ImageRow,
+    Lineage,
+    MatchRow,
+    OfferEvidence,
+    images_table,
+    matches_table,
+)
 from engine.state import ImageRecord, PartRecord, Run, StateStore, StoredResponse
+
+if TYPE_CHECKING:
+    from engine.evidence.judge import EvidenceJudge
 
 _READ_SLICE = 200
 """Checkpoint reads between two yields to the event loop: a batch of thousands of photos takes
@@ -44,17 +55,30 @@ class Finished:
 
 
 class Exporter:
-    """Writes batches of one run's finished images as Parquet parts, durably registered."""
+    """Writes batches of one run's finished images as Parquet parts, durably registered.
+
+    With a ``judge``, each kept offer carries its evidence (:mod:`engine.evidence.judge`), and
+    the offer-image clusters the judge assigns are registered with the parts that name them.
+    """
 
     def __init__(
-        self, state: StateStore, feed: Feed, run: Run, filters: WholesaleFilters, protocol: str
+        self,
+        state: StateStore,
+        feed: Feed,
+        run: Run,
+        filters: WholesaleFilters,
+        protocol: str,
+        judge: EvidenceJudge | None = None,
     ) -> None:
         self.state = state
         self.feed = feed
         self.run = run
         self.filters = filters
         self.protocol = protocol
-        self._seq = max((part_seq(p.name) for p in state.parts(run.run_id)), default=0)
+        self.judge = judge
+        if judge is not None:
+            judge.restore(state.clusters(run.run_id))
+        self._seq = last_seq(state.parts(run.run_id))
 
     async def export_finished(self, paths: Sequence[str]) -> BatchResult | None:
         """Export the photos of ``paths`` not exported yet; ``None`` when there were none.
@@ -93,8 +117,15 @@ class Exporter:
         seq = self._next_seq()
         parts, result = await asyncio.to_thread(self._write, finished, seq)
         run_id = self.run.run_id
-        self.state.exported(parts, [(run_id, r.path) for r in records])
+        self.state.exported(
+            parts, [(run_id, r.path) for r in records], clusters=self.new_clusters()
+        )
         return result
+
+    def new_clusters(self) -> dict[str, str]:
+        """The offer-image clusters the parts written since the last call name first: to
+        register in the same transaction as those parts."""
+        return self.judge.take_new_clusters() if self.judge is not None else {}
 
     def write(self, records: Sequence[ImageRecord]) -> tuple[list[PartRecord], BatchResult]:
         """Write the parts for ``records`` on this thread without registering them: until the
@@ -120,7 +151,7 @@ class Exporter:
     ) -> tuple[list[PartRecord], BatchResult]:
         """Clean, encode and durably write part ``seq``. Touches neither the checkpoint database
         nor this exporter's state, so it may run in a worker thread."""
-        match_rows: list[tuple[Lineage, Offer]] = []
+        match_rows: list[MatchRow] = []
         image_rows: list[ImageRow] = []
         for item in finished:
             image_row, offers = self.clean(item)
@@ -140,12 +171,12 @@ class Exporter:
             match_rows=len(match_rows),
         )
 
-    def clean(self, finished: Finished) -> tuple[ImageRow, list[tuple[Lineage, Offer]]]:
+    def clean(self, finished: Finished) -> tuple[ImageRow, list[MatchRow]]:
         """One finished image as its images row and its matches rows."""
         record, stored = finished.record, finished.answer
         if stored is None:
             failed = ImageRow(
-                query_path=record.path,
+                query_path=record.query_path,
                 query_sha256=record.sha256,
                 run_id=record.run_id,
                 protocol=self.protocol,
@@ -158,18 +189,41 @@ class Exporter:
                 width=record.width,
                 height=record.height,
                 preprocess_steps=record.steps,
+                sku=record.sku,
+                sku_title=record.title,
             )
             return failed, []
         cleaned = parse_response(stored.protocol, stored.raw_body, self.filters)
         lineage = Lineage(
-            query_path=record.path,
+            query_path=record.query_path,
             query_sha256=record.sha256 or stored.sha256,
             run_id=record.run_id,
             protocol=stored.protocol,
             searched_at=stored.searched_at,
             engine_version=__version__,
+            sku=record.sku,
+            sku_title=record.title,
         )
-        row = ImageRow.from_result(
+        if self.judge is None:
+            return self._image_row(record, lineage, cleaned), [
+                (lineage, offer) for offer in cleaned.offers
+            ]
+        # A photo on the web or on S3 has no local file to fall back on.
+        local = None if "://" in record.query_path else record.query_path
+        offers, evidence = self.judge.judge(
+            lineage.query_sha256, local, stored.protocol, cleaned.offers
+        )
+        row = self._image_row(record, lineage, cleaned, evidence)
+        return row, [(lineage, o, e) for o, e in zip(offers, evidence, strict=True)]
+
+    @staticmethod
+    def _image_row(
+        record: ImageRecord,
+        lineage: Lineage,
+        cleaned: CleanResult,
+        evidence: Sequence[OfferEvidence] | None = None,
+    ) -> ImageRow:
+        return ImageRow.from_result(
             lineage,
             cleaned,
             calls=record.calls,
@@ -177,5 +231,5 @@ class Exporter:
             width=record.width,
             height=record.height,
             preprocess_steps=record.steps,
+            evidence=evidence,
         )
-        return row, [(lineage, offer) for offer in cleaned.offers]

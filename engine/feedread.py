@@ -1,14 +1,19 @@
 """Read one run of a job's Parquet feed back: which run, and its rows (``img1688 export``).
 
 A run is found in the checkpoints (:func:`~engine.state.run_index`, read-only, so reading is
-safe while a job runs), and its rows are read from the part files the checkpoints register for
-it, filtered by ``run_id`` too: a part left by a crash (on disk, never registered) is not read,
-and neither is another run's. Importing this module is light; pyarrow loads on the first read.
+safe while a job runs), in the job's local folder; the feed is where the checkpoints recorded
+it (:func:`feed_store`: that folder, or ``s3://bucket/prefix``). Its rows are read from the part
+files the checkpoints register for it, filtered by ``run_id`` too: a part left by a crash
+(written, never registered) is not read, and neither is another run's. A run of an
+``output.format = "delta"`` job is read from its staged parts until it completes, then from the
+Delta tables (:mod:`engine.delta`). Importing this module is light; pyarrow loads on the first
+read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +21,8 @@ from typing import TYPE_CHECKING
 from engine.errors import ConfigError, StorageError
 from engine.feed import Feed
 from engine.shard import UNSHARDED
-from engine.state import Run, RunIndex, checkpoint_shards, run_index
+from engine.state import Run, RunIndex, checkpoint_shards, recorded_output, run_index
+from engine.storage import LocalStore, Store, open_store
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -25,13 +31,32 @@ _LISTED_RUNS = 5
 """How many of the latest run ids an error about an unknown run lists."""
 
 
+def feed_store(out: Path, environ: Mapping[str, str] | None = None) -> Store:
+    """Where the feed of the checkpoints in the job folder ``out`` is: the URL they recorded
+    (an ``s3://`` feed, or a local one with its state elsewhere), else ``out`` itself.
+
+    Raises:
+        ConfigError: the recorded feed is on S3 and ``environ`` (``os.environ``) has no
+            credentials for it.
+        StorageError: a checkpoint database cannot be read.
+    """
+    shards = checkpoint_shards(out)
+    url = recorded_output(out, shards[0]) if shards else None
+    if url is None:
+        return LocalStore(out)
+    return open_store(url, os.environ if environ is None else environ)
+
+
 @dataclass(frozen=True)
 class FeedRun:
-    """A run found in an output directory, with the part files registered for it."""
+    """A run found in a job's folder, with the part files registered for it."""
 
     out: Path
+    """The job's local folder (its checkpoints)."""
     run: Run
     index: RunIndex
+    store: Store
+    """Where the feed is (:func:`feed_store`)."""
 
     @property
     def run_id(self) -> str:
@@ -41,19 +66,28 @@ class FeedRun:
     def complete(self) -> bool:
         return self.run.completed_at is not None
 
-    def part_paths(self, kind: str) -> list[Path]:
-        """The ``kind`` (``matches`` or ``images``) part files that hold this run's rows."""
-        feed = Feed(self.out, shard=self.index.shard)
+    @property
+    def feed(self) -> Feed:
+        """The feed, as the run's shard sees it (for reading): a Delta run's parts are staged
+        until it completes."""
+        staging = self.run.format == "delta"
+        return Feed(self.store, shard=self.index.shard, staging=staging, lock_dir=self.out)
+
+    def part_paths(self, kind: str) -> list[str]:
+        """The ``kind`` (``matches`` or ``images``) part files that hold this run's rows, as
+        paths in the store's filesystem (``Store.filesystem``)."""
+        feed = self.feed
+        _, root = self.store.filesystem()
         return [
-            feed.part_path(p.kind, p.run_date, p.name)
+            f"{root}/{feed.part_key(p.kind, p.run_date, p.name)}"
             for p in self.index.parts
             if p.run_id == self.run_id and p.kind == kind
         ]
 
 
 def find_run(out: Path, run_id: str | None = None) -> FeedRun:
-    """The run ``run_id`` of ``out`` (of whichever shard holds it); without one, the latest
-    completed run, else the latest run.
+    """The run ``run_id`` of the job folder ``out`` (of whichever shard holds it); without
+    one, the latest completed run, else the latest run.
 
     Raises:
         ConfigError: ``out`` holds no job state, no run, or no run ``run_id``; or, without
@@ -64,11 +98,12 @@ def find_run(out: Path, run_id: str | None = None) -> FeedRun:
     indexes = [i for s in checkpoint_shards(out) if (i := run_index(out, s)) is not None]
     if not indexes:
         raise ConfigError(f"{out} holds no job state (never run there?)")
+    store = feed_store(out)
     if run_id is not None:
         for index in indexes:
             for run in index.runs:
                 if run.run_id == run_id:
-                    return FeedRun(out, run, index)
+                    return FeedRun(out, run, index, store)
         known = sorted((r for i in indexes for r in i.runs), key=lambda r: r.started_at)
         listed = ", ".join(r.run_id for r in known[-_LISTED_RUNS:]) or "none"
         raise ConfigError(f"{out} has no run {run_id!r} (latest runs: {listed})")
@@ -84,11 +119,12 @@ def find_run(out: Path, run_id: str | None = None) -> FeedRun:
     if not index.runs:
         raise ConfigError(f"{out} holds no run yet")
     completed = [r for r in index.runs if r.completed_at is not None]
-    return FeedRun(out, (completed or list(index.runs))[-1], index)
+    return FeedRun(out, (completed or list(index.runs))[-1], index, store)
 
 
 def read_rows(run: FeedRun, kind: str, columns: Sequence[str]) -> pa.Table:
-    """The rows of ``run`` in its ``kind`` table, with those of ``columns`` that the feed has
+    """The rows of ``run`` in its ``kind`` table (a Delta run's: from its staged parts until it
+    is committed, then from the Delta table), with those of ``columns`` that the feed has
     (a column added by a later schema is absent from older parts: null there; absent from the
     result if no part has it). Parts written by different versions are read as one table.
 
@@ -99,19 +135,27 @@ def read_rows(run: FeedRun, kind: str, columns: Sequence[str]) -> pa.Table:
     import pyarrow.dataset as ds
     import pyarrow.parquet as pq
 
-    from engine.schema import IMAGES_SCHEMA, MATCHES_SCHEMA
+    from engine.schema import SCHEMAS
 
-    declared = {"matches": MATCHES_SCHEMA, "images": IMAGES_SCHEMA}[kind]
+    declared = SCHEMAS[kind]
     paths = run.part_paths(kind)
+    if run.run.format == "delta" and not paths:
+        # Committed to its Delta table: the staged parts are gone.
+        from engine.delta import DeltaTables
+
+        return DeltaTables(run.store).read(run.run, kind, columns)
+    filesystem, _ = run.store.filesystem()
     try:
-        schema = pa.unify_schemas([declared, *(pq.read_schema(p) for p in paths)])
+        schema = pa.unify_schemas(
+            [declared, *(pq.read_schema(p, filesystem=filesystem) for p in paths)]
+        )
         wanted = [name for name in columns if name in schema.names]
         if not paths:
             return schema.empty_table().select(wanted)
-        dataset = ds.dataset([str(p) for p in paths], schema=schema, format="parquet")
+        dataset = ds.dataset(paths, schema=schema, format="parquet", filesystem=filesystem)
         return dataset.to_table(columns=wanted, filter=ds.field("run_id") == run.run_id)
     except (OSError, pa.ArrowInvalid) as exc:
         raise StorageError(
-            f"cannot read the {kind} parts of run {run.run_id} in {run.out}: {exc}"
+            f"cannot read the {kind} parts of run {run.run_id} in {run.store.url}: {exc}"
             " (a run still in progress may have replaced them: try again)"
         ) from None

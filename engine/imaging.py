@@ -31,6 +31,8 @@ from PIL import (
     features,
 )
 
+from engine.colour import JPEG_FORMATS, SRGB, cmyk_to_rgb
+from engine.magic import BMFF_BRANDS, image_format
 from engine.preprocess import (
     ACCEPTED_FORMATS,
     Prepared,
@@ -44,7 +46,6 @@ pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_image
 AVIF_DECODER = features.check("avif")
 """Whether this Pillow decodes AVIF (built with libavif)."""
 
-_JPEG_FORMATS = frozenset({"JPEG", "MPO"})
 _DRAFT_SCALES = (8, 4, 2, 1)
 _ORIENTATION_TAG = 0x0112
 _TRANSPOSE = {
@@ -63,23 +64,6 @@ _TRIM_TOLERANCE = 24
 _TRIM_MARGIN = 0.02
 _AUTOCONTRAST_CUTOFF = 1.0
 
-# Files that start like one of these but that Pillow cannot identify were cut short.
-_IMAGE_SIGNATURES = (
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-)
-# ISO base media files (HEIF, AVIF) name their kind in the brand of their leading ftyp box.
-_BMFF_BRANDS = {
-    **dict.fromkeys((b"avif", b"avis"), "AVIF"),
-    **dict.fromkeys(
-        (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"),
-        "HEIF",
-    ),
-}
 # Phones tag these photos with a wide-gamut ICC profile (Display P3): converted to sRGB, which
 # the gateway assumes. Other formats' RGB profiles are not applied (yet): that would change what
 # earlier runs sent for the same photo, and so needs a PIPELINE_VERSION bump of its own.
@@ -120,9 +104,6 @@ class _Work:
         now = time.perf_counter()
         self.timings.append((stage, round((now - self.mark) * 1000, 3)))
         self.mark = now
-
-
-_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
 def prepare(source: Path | bytes, options: PreprocessOptions) -> Prepared:
@@ -257,7 +238,7 @@ def _decode(data: bytes, options: PreprocessOptions, work: _Work) -> tuple[Image
         orientation = _orientation(img)
         if getattr(img, "is_animated", False):  # probing frame 1 leaves frame 0 current
             work.steps.append("first_frame")
-        if source_format in _JPEG_FORMATS:
+        if source_format in JPEG_FORMATS:
             _draft(img, options.max_side, work.steps)
         img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -300,14 +281,15 @@ def _unidentified(data: bytes) -> _Reject:
     head = data[:16]
     if head.startswith(b"%PDF"):
         return _Reject("unsupported_format", "a PDF document, not an image")
-    known = _signature(data)
+    # Data that starts like a known format, yet which Pillow cannot identify, was cut short.
+    known = image_format(data)
     if known == "AVIF" and not AVIF_DECODER:
         return _Reject(
             "unsupported_format",
             "AVIF needs Pillow built with libavif (every Pillow wheel since 11.3 is; this one is"
             " not)",
         )
-    if known in _BMFF_BRANDS.values() and not _bmff_cut_short(data):
+    if known in BMFF_BRANDS.values() and not _bmff_cut_short(data):
         return _Reject("not_an_image", f"cannot decode the {known} data")
     if known:
         return _Reject("truncated", f"starts like {known} data but its header is incomplete")
@@ -317,7 +299,7 @@ def _unidentified(data: bytes) -> _Reject:
 def _damaged(data: bytes, exc: Exception, source_format: str | None = None) -> _Reject:
     text = str(exc) or type(exc).__name__
     lowered = text.lower()
-    kind = source_format or _signature(data) or "image"
+    kind = source_format or image_format(data) or "image"
     if (
         isinstance(exc, EOFError)
         or _riff_cut_short(data)
@@ -358,17 +340,6 @@ def _bmff_cut_short(data: bytes) -> bool:
     return offset != len(data)
 
 
-def _signature(data: bytes) -> str | None:
-    for magic, name in _IMAGE_SIGNATURES:
-        if data.startswith(magic):
-            return name
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    if data[4:8] == b"ftyp":
-        return _BMFF_BRANDS.get(data[8:12])
-    return None
-
-
 def _to_8bit(img: Image.Image, source_format: str, steps: list[str]) -> Image.Image:
     """Bring any mode to L, LA, RGB or RGBA with 8-bit samples and honest colours."""
     mode = img.mode
@@ -383,34 +354,13 @@ def _to_8bit(img: Image.Image, source_format: str, steps: list[str]) -> Image.Im
     if mode == "La":
         return img.convert("LA")
     if mode == "CMYK":
-        return _cmyk_to_rgb(img, source_format, steps)
+        return cmyk_to_rgb(img, source_format, steps)
     if mode.startswith("I;16") or mode in ("I", "F"):
         return _scale_to_8bit(img, steps)
     try:
         return img.convert("RGB")
     except ValueError:
         raise _Reject("unsupported_format", f"pixel mode {mode} is not supported") from None
-
-
-def _cmyk_to_rgb(img: Image.Image, source_format: str, steps: list[str]) -> Image.Image:
-    # Pillow decodes every CMYK JPEG as Adobe-inverted (what Photoshop writes, with an APP14
-    # "Adobe" marker). Without that marker the samples are plain: undo Pillow's inversion.
-    if source_format in _JPEG_FORMATS and "adobe" not in img.info:
-        img = ImageChops.invert(img)
-        steps.append("cmyk_uninverted")
-    icc = img.info.get("icc_profile")
-    if icc:
-        try:
-            profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            rgb = ImageCms.profileToProfile(img, profile, _SRGB, outputMode="RGB")
-        except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
-            steps.append("icc_invalid")
-        else:
-            assert rgb is not None  # profileToProfile returns None only with inPlace=True
-            steps.append("cmyk_icc")
-            return rgb
-    steps.append("cmyk->rgb")
-    return img.convert("RGB")
 
 
 def _rgb_to_srgb(img: Image.Image, icc: bytes, steps: list[str]) -> Image.Image:
@@ -423,7 +373,7 @@ def _rgb_to_srgb(img: Image.Image, icc: bytes, steps: list[str]) -> Image.Image:
         if profile.profile.xcolor_space.strip() != "RGB":
             steps.append("icc_not_rgb")
             return img
-        srgb = ImageCms.profileToProfile(img, profile, _SRGB, outputMode="RGB")
+        srgb = ImageCms.profileToProfile(img, profile, SRGB, outputMode="RGB")
     except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
         steps.append("icc_invalid")
         return img

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, overload
 from urllib.parse import urlsplit
 
+from engine.catalogue_table import CatalogueEntry, read_catalogue
 from engine.clean import FreightFilter, WholesaleFilters
 from engine.client import RetryPolicy, SearchFilters
 from engine.errors import ConfigError
@@ -29,11 +30,20 @@ from engine.preprocess import PHOTO_EXTENSIONS, PreprocessOptions
 from engine.protocol import OCEAN_QUERY, OCEAN_UPLOAD, PROTOCOLS, SEED_API, ProtocolName
 from engine.ratelimit import Rate
 from engine.shard import UNSHARDED, Shard
+from engine.storage import S3Url, check_credentials, default_state_dir, parse_location
 
 DEFAULT_EXTENSIONS = PHOTO_EXTENSIONS  # those of every format engine.preprocess decodes
 SANDBOX = "sandbox"
 MAX_TTL_DAYS = 100_000
 """Largest ``engine.reuse_ttl_days``: about 270 years, far inside what a timedelta holds."""
+MAX_FAILURE_TTL_HOURS = 24 * 365
+"""Largest ``evidence.failure_ttl_hours``: a year."""
+
+OutputFormat = Literal["parquet", "delta"]
+OUTPUT_FORMATS: tuple[OutputFormat, ...] = get_args(OutputFormat)
+DEFAULT_TARGET_FILE_MB = 128
+MAX_TARGET_FILE_MB = 1024 * 1024
+"""A terabyte: past any file a reader wants."""
 
 T = TypeVar("T")
 S = TypeVar("S", bound=str)
@@ -44,10 +54,16 @@ _FREIGHT_FILTERS: tuple[FreightFilter, ...] = get_args(FreightFilter)
 @dataclass(frozen=True)
 class Inputs:
     paths: tuple[Path, ...]
+    """Folders and files to walk; may be empty when ``catalogue`` is given."""
     recursive: bool = True
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
     exclude: tuple[str, ...] = ()
     follow_symlinks: bool = True
+    catalogue: Path | None = None
+    """The catalogue table (:mod:`engine.catalogue_table`); its rows are :attr:`Job.catalogue`."""
+    urls: tuple[str, ...] = ()
+    """The ``s3://bucket/prefix`` entries of ``inputs.paths`` (checked): walked after
+    :attr:`paths`, by :mod:`engine.discover`."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +97,9 @@ class Gateway:
     """One window per API, instead of ``rate``'s one window for every API of an app."""
     quota: QuotaSettings = QuotaSettings()
     """The daily cap and the package the calls count against (:mod:`engine.ledger`)."""
+    send_title: bool = False
+    """Send a catalogue row's title with its search, where the protocol has a field for it
+    (``ocean``: ``keyword``); see :meth:`Job.search_filters_for`."""
 
     @property
     def windows(self) -> Rate | dict[str, Rate]:
@@ -108,6 +127,70 @@ class Engine:
     max_consecutive_failures: int = 10
     """Searches in a row that exhaust their retries before the job stops as 'gateway looks
     down'; their photos are retried by the next invocation."""
+
+
+def default_cache_dir(environ: Mapping[str, str]) -> Path:
+    """``$XDG_CACHE_HOME/img1688/images``, else ``~/.cache/img1688/images``.
+
+    A relative ``XDG_CACHE_HOME`` is ignored, as the XDG specification asks.
+
+    Raises:
+        ConfigError: naming ``evidence.cache_dir`` when no home directory is known.
+    """
+    xdg = environ.get("XDG_CACHE_HOME", "")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "img1688" / "images"
+    home = environ.get("HOME") or os.path.expanduser("~")
+    if not os.path.isabs(home):
+        raise ConfigError(
+            "evidence.cache_dir: no home directory to put the default cache in; set this key"
+        )
+    return Path(home) / ".cache" / "img1688" / "images"
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """``[evidence]``: fetching each offer's main image to judge whether it is the product.
+    Its requests go to the offers' image CDN, never to the gateway: no quota is spent."""
+
+    cache_dir: Path
+    """The content-addressed image cache, shared by runs (and jobs)."""
+    enabled: bool = True
+    rate: Rate = Rate(20, 1.0)
+    """At most this many image requests in any window."""
+    concurrency: int = 4
+    """Image requests in flight at once."""
+    timeout: float = 20.0
+    """Seconds per image request."""
+    max_bytes: int = 10_000_000
+    """An image larger than this is refused before its body is read."""
+    rendition: int = 300
+    """Pixels (long side) asked of the CDN where its URL scheme allows; 0 = the original."""
+    failure_ttl_hours: float = 24.0
+    """An offer image whose answer said there is none (404 or 410, not an image, empty) is not
+    asked again within this many hours; 0 asks every run."""
+
+    def fingerprint(self) -> dict[str, object]:
+        """What changes the evidence columns: whether there are any, and from which pixels."""
+        if not self.enabled:
+            return {"enabled": False}
+        return {"enabled": True, "rendition": self.rendition}
+
+
+@dataclass(frozen=True)
+class Downloads:
+    """``[downloads]``: fetching the catalogue's photo URLs (not the gateway: no quota)."""
+
+    rate: Rate = Rate(10, 1.0)
+    """At most this many downloads started in any window."""
+    concurrency: int = 4
+    """Downloads in flight at once."""
+    timeout: float = 30.0
+    """Seconds per attempt."""
+    max_bytes: int = 50_000_000
+    """A photo larger than this is refused before its body is read."""
+    attempts: int = 3
+    """Attempts per photo, the first included."""
 
 
 NotifyEvent = Literal["complete", "failure", "fatal", "quota_low"]
@@ -171,17 +254,37 @@ class Job:
     source: Path | None
     inputs: Inputs
     out: Path
+    """The job's local folder: its checkpoints and lock (``output.state_dir``), and the feed's
+    folder too when :attr:`output` is ``None`` (the usual local layout)."""
     gateway: Gateway
     filters: WholesaleFilters = WholesaleFilters()
     preprocess: PreprocessOptions = PreprocessOptions()
     engine: Engine = Engine()
     notify: Notify = Notify()
+    evidence: Evidence = field(default_factory=lambda: Evidence(default_cache_dir(os.environ)))
+    downloads: Downloads = Downloads()
+    catalogue: tuple[CatalogueEntry, ...] = field(default=(), repr=False)
+    """The rows of ``inputs.catalogue``, validated when the job was loaded; empty without one."""
     limit: int | None = None
     max_calls: int | None = None
     zstd_level: int = 6
+    output_format: OutputFormat = "parquet"
+    """``output.format``: the Parquet layout, or Delta Lake tables (:mod:`engine.delta`)."""
+    target_file_mb: int = DEFAULT_TARGET_FILE_MB
+    """``output.target_file_mb``: the size of the files a completed run is compacted into."""
     shard: Shard = UNSHARDED
     """Which photos this process takes (``--shard I/N``); not result-changing, since each shard
     keeps its own checkpoints."""
+    output: str | None = None
+    """Where the feed is when not in :attr:`out`: ``s3://bucket/prefix``, or a local folder
+    whose checkpoints ``output.state_dir`` puts elsewhere."""
+    state_dir: Path | None = None
+    """``output.state_dir`` as given (resolved); ``None``: derived from ``output.dir``."""
+
+    @property
+    def feed_location(self) -> str:
+        """Where the feed is: ``output``, else the folder :attr:`out`."""
+        return self.output or str(self.out)
 
     @property
     def search_filters(self) -> SearchFilters:
@@ -194,13 +297,25 @@ class Job:
             page_size=self.gateway.page_size,
         )
 
+    def search_filters_for(self, title: str | None) -> SearchFilters:
+        """What to ask the gateway for a photo whose catalogue title is ``title`` (``None``
+        for a photo without one): :attr:`search_filters`, with the title as the keyword when
+        ``gateway.send_title`` is on and the protocol (``ocean``) has a field for it."""
+        if title is None or not self._sends_title:
+            return self.search_filters
+        return replace(self.search_filters, keyword=title)
+
+    @property
+    def _sends_title(self) -> bool:
+        return self.gateway.send_title and self.gateway.protocol == "ocean"
+
     def request_key(self) -> dict[str, object]:
         """Everything that changes what the gateway answers for one image.
 
         Stored answers are reused only under the same key.
         """
         filters = self.filters.fingerprint()
-        return {
+        key: dict[str, object] = {
             "protocol": self.gateway.protocol,
             "endpoint": self.gateway.endpoint,
             "page_size": self.gateway.page_size,
@@ -212,25 +327,49 @@ class Job:
             },
             "preprocess": self.preprocess.fingerprint(),
         }
+        if self._sends_title:
+            # Only when on: the key of answers stored without it stays what it was.
+            key["send_title"] = True
+        return key
 
     def fingerprint(self) -> dict[str, object]:
         """The result-changing parts of the job: a run resumes only under the same fingerprint."""
-        return {"request": self.request_key(), "filters": self.filters.fingerprint()}
+        fingerprint: dict[str, object] = {
+            "request": self.request_key(),
+            "filters": self.filters.fingerprint(),
+            "evidence": self.evidence.fingerprint(),
+        }
+        if self.output_format != "parquet":
+            # Where a run's parts go (a table format stages them): a run is finished where it
+            # started. Only when not the default, so that older runs still resume.
+            fingerprint["format"] = self.output_format
+        return fingerprint
 
     def with_overrides(
         self,
         *,
-        out: Path | None = None,
+        out: Path | str | None = None,
         limit: int | None = None,
         max_calls: int | None = None,
         rate: Rate | None = None,
         shard: Shard | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> Job:
+        """The job with the flags' values instead of the file's. ``out`` (``--out``) replaces
+        ``output.dir``, checked as it is (a relative path is relative to the current folder);
+        ``environ`` (``os.environ``) gives what an ``s3://`` output needs.
+
+        Raises:
+            ConfigError: ``out`` is no usable output (see :func:`output_location`).
+        """
         job = self
         if shard is not None:
             job = replace(job, shard=shard)
         if out is not None:
-            job = replace(job, out=out)
+            state, output = output_location(
+                str(out), self.state_dir, Path.cwd(), os.environ if environ is None else environ
+            )
+            job = replace(job, out=state, output=output)
         if limit is not None:
             job = replace(job, limit=limit)
         if max_calls is not None:
@@ -274,18 +413,22 @@ def parse_job(
     preprocess_section = top.section("preprocess")
     engine_section = top.section("engine")
     notify_section = top.section("notify") if "notify" in data else None
+    evidence_section = top.section("evidence")
+    downloads_section = top.section("downloads")
     top.done()
 
     name = job_section.get("name", str, default_name)
     job_section.done()
 
-    raw_paths = inputs_section.get("paths", list, None)
-    if not raw_paths:
-        raise ConfigError("inputs.paths: give at least one folder or file to search")
-    paths = tuple(
-        _resolve(base, _of_type(p, str, f"inputs.paths[{i}]"), f"inputs.paths[{i}]")
-        for i, p in enumerate(raw_paths)
-    )
+    raw_catalogue = inputs_section.get("catalogue", str, None)
+    catalogue = None if raw_catalogue is None else _resolve(base, raw_catalogue, "inputs.catalogue")
+    raw_paths = inputs_section.get("paths", list, [])
+    if not raw_paths and catalogue is None:
+        raise ConfigError(
+            "inputs.paths: give at least one folder or file to search, a table in"
+            " inputs.catalogue, or both"
+        )
+    paths, urls = _input_locations(raw_paths, base, environ)
     extensions = tuple(
         _of_type(e, str, "inputs.extensions").strip().lower().lstrip(".")
         for e in inputs_section.get("extensions", list, list(DEFAULT_EXTENSIONS))
@@ -302,33 +445,105 @@ def parse_job(
             _of_type(g, str, "inputs.exclude") for g in inputs_section.get("exclude", list, [])
         ),
         follow_symlinks=inputs_section.get("follow_symlinks", bool, True),
+        catalogue=catalogue,
+        urls=urls,
     )
     inputs_section.done()
 
-    out = _resolve(base, output_section.get("dir", str, None, required=True), "output.dir")
+    raw_state_dir = output_section.get("state_dir", str, None)
+    state_dir = None if raw_state_dir is None else _resolve(base, raw_state_dir, "output.state_dir")
+    out, output = output_location(
+        output_section.get("dir", str, None, required=True), state_dir, base, environ
+    )
     zstd_level = output_section.get("zstd_level", int, 6, check=_between(1, 22))
+    output_format = output_section.choice("format", OUTPUT_FORMATS, "parquet")
+    target_file_mb = output_section.get(
+        "target_file_mb", int, DEFAULT_TARGET_FILE_MB, check=_between(1, MAX_TARGET_FILE_MB)
+    )
     output_section.done()
+    if output_format == "delta":
+        from engine.delta import require_deltalake
+
+        require_deltalake()
 
     gateway = _parse_gateway(gateway_section)
     filters = _parse_filters(filters_section)
     preprocess = _parse_preprocess(preprocess_section)
     engine = _parse_engine(engine_section)
     notify = Notify() if notify_section is None else _parse_notify(notify_section, base, environ)
+    evidence = _parse_evidence(evidence_section, base, environ)
+    downloads = _parse_downloads(downloads_section)
+    # Last, once every key is valid: the table may be large, and nothing is searched before
+    # it validates.
+    entries = () if catalogue is None else _read_catalogue(catalogue)
     job = Job(
         name=name,
         source=source,
         inputs=inputs,
         out=out,
+        output=output,
+        state_dir=state_dir,
         gateway=gateway,
         filters=filters,
         preprocess=preprocess,
         engine=engine,
         notify=notify,
+        evidence=evidence,
+        downloads=downloads,
+        catalogue=entries,
         zstd_level=zstd_level,
+        output_format=output_format,
+        target_file_mb=target_file_mb,
     )
     # A guard, not a check: the filters above leave SearchFilters nothing to refuse.
     job.search_filters  # noqa: B018
     return job
+
+
+def _input_locations(
+    raw: list[Any], base: Path, environ: Mapping[str, str]
+) -> tuple[tuple[Path, ...], tuple[str, ...]]:
+    """``inputs.paths``: the local paths (resolved against ``base``) and the ``s3://`` URLs
+    (credentials configured in ``environ``), each in the order given.
+
+    Raises:
+        ConfigError: naming the entry: not a string, another scheme, no credentials.
+    """
+    paths: list[Path] = []
+    urls: list[str] = []
+    for i, entry in enumerate(raw):
+        name = f"inputs.paths[{i}]"
+        text = _of_type(entry, str, name)
+        where = parse_location(text, name)
+        if isinstance(where, S3Url):
+            check_credentials(environ, name, where)
+            urls.append(str(where))
+        else:
+            paths.append(_resolve(base, text, name))
+    return tuple(paths), tuple(urls)
+
+
+def output_location(
+    text: str, state_dir: Path | None, base: Path, environ: Mapping[str, str]
+) -> tuple[Path, str | None]:
+    """``output.dir`` (``text``) and ``output.state_dir`` as :attr:`Job.out` (the job's local
+    folder) and :attr:`Job.output` (the feed's place when not that folder). A local ``text``
+    resolves against ``base``; an ``s3://`` one must have credentials configured in
+    ``environ``, and its checkpoints go to ``state_dir``, else to
+    :func:`~engine.storage.default_state_dir`. Makes no network call.
+
+    Raises:
+        ConfigError: naming ``output.dir`` (another scheme, no credentials) or
+            ``output.state_dir`` (no folder to derive it in).
+    """
+    where = parse_location(text, "output.dir")
+    if isinstance(where, Path):
+        folder = _resolve(base, text, "output.dir")
+        if state_dir is None or state_dir == folder:
+            return folder, None
+        return state_dir, str(folder)
+    check_credentials(environ, "output.dir", where)
+    return state_dir or default_state_dir(where, environ), str(where)
 
 
 def _parse_gateway(section: _Section) -> Gateway:
@@ -369,6 +584,7 @@ def _parse_gateway(section: _Section) -> Gateway:
     )
     page_size = section.get("page_size", int, 20, check=_between(1, 50))
     quota = _parse_quota(section)
+    send_title = section.get("send_title", bool, False)
     section.done()
     return Gateway(
         protocol=protocol,
@@ -378,6 +594,7 @@ def _parse_gateway(section: _Section) -> Gateway:
         retry=retry,
         rates=rates,
         quota=quota,
+        send_title=send_title,
     )
 
 
@@ -516,6 +733,61 @@ def _parse_engine(section: _Section) -> Engine:
     )
     section.done()
     return engine
+
+
+def _read_catalogue(path: Path) -> tuple[CatalogueEntry, ...]:
+    try:
+        return tuple(read_catalogue(path))
+    except ConfigError as exc:
+        raise ConfigError(f"inputs.catalogue: {exc}") from None
+
+
+def _parse_evidence(section: _Section, base: Path, environ: Mapping[str, str]) -> Evidence:
+    raw_cache = section.get("cache_dir", str, None)
+    rendition = section.get(
+        "rendition",
+        int,
+        Evidence.rendition,
+        check=lambda v: (
+            None
+            if v == 0 or 64 <= v <= 10_000
+            else "must be 0 (the original) or between 64 and 10000"
+        ),
+    )
+    evidence = Evidence(
+        cache_dir=(
+            default_cache_dir(environ)
+            if raw_cache is None
+            else _resolve(base, raw_cache, "evidence.cache_dir")
+        ),
+        enabled=section.get("enabled", bool, Evidence.enabled),
+        rate=_rate(section.get("rate", str, str(Evidence.rate)), "evidence.rate"),
+        concurrency=section.get("concurrency", int, Evidence.concurrency, check=_between(1, 256)),
+        timeout=section.get("timeout", float, Evidence.timeout, check=_positive),
+        max_bytes=section.get("max_bytes", int, Evidence.max_bytes, check=_between(1, 10**9)),
+        rendition=rendition,
+        failure_ttl_hours=section.get(
+            "failure_ttl_hours",
+            float,
+            Evidence.failure_ttl_hours,
+            check=_between(0, MAX_FAILURE_TTL_HOURS),
+        ),
+    )
+    section.done()
+    return evidence
+
+
+def _parse_downloads(section: _Section) -> Downloads:
+    d = Downloads()
+    downloads = Downloads(
+        rate=_rate(section.get("rate", str, str(d.rate)), "downloads.rate"),
+        concurrency=section.get("concurrency", int, d.concurrency, check=_between(1, 256)),
+        timeout=section.get("timeout", float, d.timeout, check=_positive),
+        max_bytes=section.get("max_bytes", int, d.max_bytes, check=_between(1, 10**11)),
+        attempts=section.get("attempts", int, d.attempts, check=_between(1, 100)),
+    )
+    section.done()
+    return downloads
 
 
 def _parse_notify(section: _Section, base: Path, environ: Mapping[str, str]) -> Notify:

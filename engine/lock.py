@@ -1,7 +1,9 @@
 """The output-directory lock: one img1688 process per output directory.
 
 Two processes appending to one feed and one checkpoint database would each believe it owns the
-run. The lock is an ``flock`` on ``OUT/.lock``, which the kernel releases when the process dies,
+run. ``OUT`` is the job's local folder, where its checkpoints are: the output directory, or, for
+a feed on object storage, its ``output.state_dir`` (an ``flock`` cannot live on S3). The lock is
+an ``flock`` on ``OUT/.lock``, which the kernel releases when the process dies,
 so a kill -9 never leaves a directory locked; the holder's pid is written into the file only to
 name it in the refusal. Each shard of a sharded job (:mod:`engine.shard`) locks only its own
 part of the directory, ``OUT/.lock-shard-I-of-N``, so the N shards run at once; moments that

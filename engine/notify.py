@@ -41,7 +41,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from engine import __version__
 from engine.errors import ConfigError
-from engine.feed import Feed
+from engine.feed import job_feed
 from engine.jobfile import Job, Notify, NotifyEvent
 from engine.outcome import ExitCode, RunOutcome
 
@@ -126,10 +126,10 @@ def _counts(summary: Mapping[str, object]) -> dict[str, object] | None:
 def _feed(job: Job) -> dict[str, object]:
     """Where the feed is. The manifest is the latest completed run's, which is this one's only
     when ``manifest_run_id`` is the notice's ``run_id``."""
-    feed = Feed(job.out, job.zstd_level, job.shard)
+    feed = job_feed(job)
     manifest = feed.read_manifest()
     return {
-        "output": str(job.out),
+        "output": job.feed_location,
         "manifest": str(feed.manifest_path) if manifest is not None else None,
         "manifest_run_id": manifest.get("run_id") if manifest is not None else None,
         "shard": f"{job.shard.index}/{job.shard.count}" if job.shard.sharded else None,

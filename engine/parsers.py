@@ -299,18 +299,14 @@ def parse_min_order(value: object) -> Parsed[tuple[int, str | None]]:
     return Parsed((quantity.value, unit))
 
 
-# ---------------------------------------------------------------------------- similarity
+# ---------------------------------------------------------------------------- shares
 
-_SIMILARITY_TEXT = re.compile(r"(?P<num>[0-9]+(?:\.[0-9]+)?|\.[0-9]+)(?P<percent>%)?")
+_SHARE_TEXT = re.compile(r"(?P<num>[0-9]+(?:\.[0-9]+)?|\.[0-9]+)(?P<percent>%)?")
 _HUNDRED = Decimal(100)
 
 
-def parse_similarity(value: object) -> Parsed[float]:
-    """A similarity score in ``[0, 1]``: ``0.93``, ``"0.93"``, ``"93%"``, ``93`` -> ``0.93``.
-
-    A number above 1 (and at most 100) is read as a percentage. Anything outside ``[0, 100]``
-    gives ``None`` and a note; absence gives ``None`` without one (ocean never has a score).
-    """
+def _share(value: object, what: str) -> Parsed[float]:
+    """A share in ``[0, 1]`` from a fraction or a percentage; ``what`` names it in notes."""
     if value is None:
         return Parsed(None)
     percent = False
@@ -318,9 +314,9 @@ def parse_similarity(value: object) -> Parsed[float]:
         text = _squash(value)
         if not text:
             return Parsed(None)
-        match = _SIMILARITY_TEXT.fullmatch(text)
+        match = _SHARE_TEXT.fullmatch(text)
         if match is None:
-            return _fail("not a similarity", value)
+            return _fail(f"not a {what}", value)
         number = Decimal(match.group("num"))
         percent = match.group("percent") is not None
     elif isinstance(value, int) and not isinstance(value, bool):
@@ -332,12 +328,31 @@ def parse_similarity(value: object) -> Parsed[float]:
             return _fail("not finite", value)
         number = Decimal(repr(value))
     else:
-        return _fail("not a similarity", value)
+        return _fail(f"not a {what}", value)
     if not 0 <= number <= 100:
         return _fail("out of range", value)
     if percent or number > 1:
         number = _CONTEXT.divide(number, _HUNDRED)
     return Parsed(float(number))
+
+
+def parse_similarity(value: object) -> Parsed[float]:
+    """A similarity score in ``[0, 1]``: ``0.93``, ``"0.93"``, ``"93%"``, ``93`` -> ``0.93``.
+
+    A number above 1 (and at most 100) is read as a percentage. Anything outside ``[0, 100]``
+    gives ``None`` and a note; absence gives ``None`` without one (ocean never has a score).
+    """
+    return _share(value, "similarity")
+
+
+def parse_repurchase_rate(value: object) -> Parsed[float]:
+    """A repurchase rate in ``[0, 1]``, read as :func:`parse_similarity` reads a score:
+    ``"23%"`` (how ocean's ``repurchaseRate`` is written, as a string), ``"23.5%"``, ``0.23``,
+    ``"0.23"`` and ``23`` give ``0.23`` / ``0.235``; a bare number above 1 is a percentage, so
+    ``1`` is 100%. Absence gives ``None`` without a note; junk and values outside ``[0, 100]``
+    give ``None`` and a note.
+    """
+    return _share(value, "rate")
 
 
 # ---------------------------------------------------------------------------- freight
@@ -376,6 +391,60 @@ def parse_freight(value: object) -> Parsed[str]:
     if not word or word in _UNKNOWN_WORDS:
         return Parsed("unknown")
     return Parsed("unknown", f"not a freight term: {brief(value)}")
+
+
+# ---------------------------------------------------------------------------- flags and badges
+
+_TRUE_WORDS = frozenset({"true", "yes", "y", "1"})
+_FALSE_WORDS = frozenset({"false", "no", "n", "0"})
+
+
+def parse_bool(value: object) -> Parsed[bool]:
+    """A yes/no flag: booleans, the numbers 1 and 0, and ``"true"``/``"false"``,
+    ``"yes"``/``"no"``, ``"y"``/``"n"``, ``"1"``/``"0"`` in any case (gateways send flags such
+    as ``isOnePsale`` as JSON booleans or as strings). Absence or a blank string gives ``None``
+    without a note; anything else ``None`` and a note.
+    """
+    if value is None:
+        return Parsed(None)
+    if isinstance(value, bool):
+        return Parsed(value)
+    if isinstance(value, int | float) and value in (0, 1):
+        return Parsed(value == 1)
+    if not isinstance(value, str):
+        return _fail("not a yes/no flag", value)
+    word = _squash(value).lower()
+    if not word:
+        return Parsed(None)
+    if word in _TRUE_WORDS:
+        return Parsed(True)
+    if word in _FALSE_WORDS:
+        return Parsed(False)
+    return _fail("not a yes/no flag", value)
+
+
+def parse_labels(value: object) -> Parsed[tuple[str, ...]]:
+    """A list of labels (ocean's ``sellerIdentities``: ``["super_factory", "tp_member"]``) as
+    given, each cleaned as :func:`parse_text` cleans text, repeats dropped, order kept; ``()``
+    when absent. A single string is one label. Entries that are not text (or blank) are dropped
+    with a note; the usable ones are kept.
+    """
+    if value is None or (isinstance(value, str) and not parse_text(value).value):
+        return Parsed(())
+    entries = [value] if isinstance(value, str) else value
+    if not isinstance(entries, list):
+        return Parsed((), f"not a list of labels: {brief(value)}")
+    labels: dict[str, None] = {}  # insertion-ordered set
+    problems: list[str] = []
+    for entry in entries:
+        text = parse_text(entry)
+        if text.note:
+            problems.append(text.note)
+        if text.value is not None:
+            labels[text.value] = None
+        elif not text.note:
+            problems.append(f"blank label: {brief(entry)}")
+    return Parsed(tuple(labels), "; ".join(problems) or None)
 
 
 # ---------------------------------------------------------------------------- location

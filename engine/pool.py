@@ -115,9 +115,9 @@ class PreprocessPool:
                 end.close()
             self._lifeline = None
 
-    async def prepare(self, path: Path) -> Prepared:
-        """Prepare one image file in a worker process."""
-        return await self._run(prepare_image, path, self._options)
+    async def prepare(self, source: Path | bytes) -> Prepared:
+        """Prepare one image (a file, or its bytes) in a worker process."""
+        return await self._run(prepare_image, source, self._options)
 
     async def _run(
         self, fn: Callable[..., Prepared], *args: Any, time_limit: float | None = None

@@ -57,15 +57,15 @@ class Progress:
         *,
         budget: CallBudget | None = None,
         interval: float | None = None,
-        stream: TextIO = sys.stderr,
+        stream: TextIO | None = None,
     ) -> None:
         self.counters = counters
         self.gates = (gates,) if isinstance(gates, CallGate) else tuple(gates)
         if not self.gates:
             raise ValueError("progress needs at least one call gate")
         self.budget = budget or self.gates[0].budget
-        self.stream = stream
-        self.tty = stream.isatty()
+        self.stream = sys.stderr if stream is None else stream  # stderr as it is now
+        self.tty = self.stream.isatty()
         self.interval = interval if interval is not None else (1.0 if self.tty else 30.0)
 
     def line(self) -> str:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -58,6 +59,12 @@ def most_in_window(arrivals: Iterable[float], period: float) -> int:
     return most
 
 
+RATE_TEXT = re.compile(r"(\d+)\s*/\s*(\d+(?:\.\d*)?(?:e[+-]?\d+)?|\.\d+)\s*([sm]?)", re.ASCII)
+"""``calls/period`` with an optional unit: ``s`` (the default) or ``m``, as :meth:`Rate.parse`
+reads it and ``str`` of a rate writes it (also found inside a longer text, e.g. a run's
+summary). ``re.ASCII``: ``int`` would take other scripts' digits, which no rate means."""
+
+
 @dataclass(frozen=True)
 class Rate:
     """At most ``calls`` calls in any window of ``period`` seconds."""
@@ -67,17 +74,16 @@ class Rate:
 
     @classmethod
     def parse(cls, text: str) -> Rate:
-        """Parse ``"10/60s"``, ``"10/60"``, ``"10/2.5s"`` or ``"10/1m"``."""
-        try:
-            calls_text, period_text = text.strip().split("/", 1)
-            calls = int(calls_text)
-            unit = 60.0 if period_text.endswith("m") else 1.0
-            period = float(period_text.rstrip("sm")) * unit
-        except ValueError:
-            raise ValueError(f"rate {text!r} is not of the form N/SECONDSs, e.g. 10/60s") from None
-        if calls < 1 or period <= 0:
-            raise ValueError(f"rate {text!r} needs at least 1 call in a positive period")
-        return cls(calls, period)
+        """Parse ``"10/60s"``, ``"10/60"``, ``"10/2.5s"`` or ``"10/1m"`` (and what ``str`` of a
+        rate gives back, ``"10/1e+06s"``). Any other unit is an error, not seconds."""
+        found = RATE_TEXT.fullmatch(text.strip())
+        if found is None:
+            raise ValueError(f"rate {text!r} is not of the form N/SECONDSs, e.g. 10/60s")
+        calls, amount, unit = found.groups()
+        rate = cls(int(calls), float(amount) * (60.0 if unit == "m" else 1.0))
+        if rate.calls < 1 or not 0 < rate.period < math.inf:
+            raise ValueError(f"rate {text!r} needs at least 1 call in a finite positive period")
+        return rate
 
     def __str__(self) -> str:
         return f"{self.calls}/{self.period:g}s"

@@ -2,8 +2,8 @@
 
 A report shows, per photo, the photo itself beside its best offers, and, for the run, what was
 searched, reused and failed and how the calls were spent against the rate. Everything comes
-from what the run left in its output directory, read-only (safe while another run holds the
-lock) and without a single gateway call:
+from what the run left in its output directory and its image cache, read-only (safe while
+another run holds the lock), without a single gateway call or download:
 
 * the run, its part files and its call times from the checkpoints
   (:func:`engine.feedread.find_run`, :func:`engine.state.run_call_times`);
@@ -14,7 +14,13 @@ lock) and without a single gateway call:
 * the rate and job name from ``manifest.json`` when it is this run's;
 * a thumbnail of each photo made from the file at ``query_path`` by the same pipeline that
   prepares photos for the gateway (:class:`engine.pool.PreprocessPool`: a hostile file can only
-  cost its own thumbnail), at :data:`THUMBNAIL_OPTIONS`.
+  cost its own thumbnail), at :data:`THUMBNAIL_OPTIONS`. A web photo, a photo on S3, and a local
+  file gone or changed since the run are shown as the image cache holds them (the JPEG sent,
+  or the download: :meth:`engine.imagecache.ImageCache.photo_path`), from the cache the run's
+  manifest names, else the default one;
+* each shown offer's image, the one its evidence was judged on (``offer_image_sha256``), as a
+  small thumbnail (:data:`OFFER_IMAGE_OPTIONS`) from the same cache, so that a person sees what
+  ``verdict`` says.
 
 :mod:`engine.report_html` turns the :class:`Report` into one self-contained HTML file.
 """
@@ -23,8 +29,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -32,12 +39,14 @@ from typing import TYPE_CHECKING, Any
 
 from engine.errors import ConfigError, StorageError
 from engine.preprocess import PreprocessFailure, PreprocessOptions
-from engine.ratelimit import Rate, most_in_window
+from engine.ratelimit import RATE_TEXT, Rate, most_in_window
+from engine.storage import write_atomic
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
     from engine.feedread import FeedRun
+    from engine.imagecache import ImageCache
 
 DEFAULT_TOP = 5
 """Offers shown per photo unless ``--top`` says otherwise."""
@@ -47,6 +56,12 @@ THUMBNAIL_OPTIONS = PreprocessOptions(
 )
 """Thumbnails: at most 96 px on the long side, JPEG quality 70 (lowered down to 40, then shrunk,
 if a busy photo would exceed 5,000 bytes): about 2-4 KB each, 3-5 KB once base64-encoded."""
+OFFER_IMAGE_SIDE = 48
+OFFER_IMAGE_OPTIONS = PreprocessOptions(
+    max_side=OFFER_IMAGE_SIDE, max_bytes=1_500, quality=70, min_quality=40, timeout=20.0
+)
+"""Offer images: half a photo thumbnail's side, at most 1,500 bytes (about 1 KB is usual); one
+per distinct image (resellers showing one factory photo share it)."""
 MAX_BARS = 600
 """Bars of the quota chart at most: a longer run merges neighbouring windows into one bar."""
 DEFAULT_PERIOD = 60.0
@@ -85,10 +100,9 @@ OFFER_COLUMNS = (
     "offer_url",
     "image_url",
 )
-OPTIONAL_OFFER_COLUMNS = ("title_en", "verdict", "visual_score")
+OPTIONAL_OFFER_COLUMNS = ("title_en", "verdict", "visual_score", "offer_image_sha256")
 """Columns of ``matches`` shown when the feed has them (not in schema version 1)."""
 
-_RATE = re.compile(r"(\d+)/(\d+(?:\.\d+)?[sm]?)")
 _APPS = re.compile(r"per app, (\d+) apps")
 
 
@@ -114,6 +128,9 @@ class OfferLine:
     title_en: str | None = None
     verdict: str | None = None
     visual_score: float | None = None
+    image_sha256: str | None = None
+    """The offer image its evidence was judged on; its thumbnail is in
+    :attr:`Report.offer_images` when the image cache still has it."""
 
 
 @dataclass(frozen=True)
@@ -209,6 +226,8 @@ class Report:
     columns: frozenset[str]
     """Of :data:`OPTIONAL_PHOTO_COLUMNS` and :data:`OPTIONAL_OFFER_COLUMNS`, those the feed has."""
     generated_at: datetime
+    offer_images: Mapping[str, bytes] = field(default_factory=dict)
+    """Offer image SHA-256 -> its thumbnail (JPEG), for the offers shown."""
 
 
 @dataclass(frozen=True)
@@ -220,7 +239,12 @@ class Written:
 
 
 def write_report(
-    out: Path, *, run_id: str | None = None, dest: Path | None = None, top: int = DEFAULT_TOP
+    out: Path,
+    *,
+    run_id: str | None = None,
+    dest: Path | None = None,
+    top: int = DEFAULT_TOP,
+    offer_images: bool = True,
 ) -> Written:
     """Write the report of run ``run_id`` of ``out`` (default: the latest completed run, else
     the latest run) to ``dest`` (default ``OUT/report.html``), replacing it whole.
@@ -235,16 +259,10 @@ def write_report(
 
     run = find_run(out, run_id)
     _check_in_feed(run)
-    report = gather(run, top=top)
+    report = gather(run, top=top, offer_images=offer_images)
     target = dest if dest is not None else out / "report.html"
     data = render_report(report).encode("utf-8")
-    temp = target.with_name(f".{target.name}.inprogress")
-    try:
-        temp.write_bytes(data)
-        os.replace(temp, target)
-    except OSError as exc:
-        temp.unlink(missing_ok=True)
-        raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from None
+    write_atomic(target, lambda temp: temp.write_bytes(data))
     return Written(target, len(data), len(report.photos), run.run_id)
 
 
@@ -269,15 +287,15 @@ def _check_in_feed(run: FeedRun) -> None:
         )
 
 
-def gather(run: FeedRun, *, top: int = DEFAULT_TOP) -> Report:
-    """The :class:`Report` of ``run``: its rows, its call times and its photos' thumbnails.
+def gather(run: FeedRun, *, top: int = DEFAULT_TOP, offer_images: bool = True) -> Report:
+    """The :class:`Report` of ``run``: its rows, its call times, its photos' thumbnails and,
+    unless ``offer_images`` is false, the images of the offers shown.
 
     Raises:
         StorageError: the checkpoints or a registered part cannot be read.
     """
     import asyncio
 
-    from engine.feed import Feed
     from engine.feedread import read_rows
     from engine.state import run_call_times
 
@@ -293,15 +311,22 @@ def gather(run: FeedRun, *, top: int = DEFAULT_TOP) -> Report:
     )
     rows = sorted(images.to_pylist(), key=lambda row: row["query_path"])
     offers = top_offers(matches, top)
-    thumbs = asyncio.run(thumbnails([(r["query_path"], r["query_sha256"]) for r in rows]))
+    manifest = run.feed.read_manifest() or {}
+    if manifest.get("run_id") != run.run_id:
+        manifest = {}  # an earlier or later run's: its rate and counts are not this run's
+    with ExitStack() as stack:
+        cache = _image_cache(manifest, stack)
+        thumbs = asyncio.run(
+            thumbnails([(r["query_path"], r["query_sha256"]) for r in rows], cache)
+        )
+        shown = {line.image_sha256 for lines in offers.values() for line in lines}
+        wanted = sorted(filter(None, shown)) if offer_images else []
+        pictures = asyncio.run(offer_thumbnails(wanted, cache))
     photos = tuple(
         photo_card(row, offers.get(row["query_path"], ()), thumbs[row["query_path"]])
         for row in rows
     )
 
-    manifest = Feed(run.out, shard=run.index.shard).read_manifest() or {}
-    if manifest.get("run_id") != run.run_id:
-        manifest = {}  # an earlier or later run's: its rate and counts are not this run's
     stats = manifest.get("stats")
     stats = stats if isinstance(stats, dict) else {}
     times = run_call_times(run.out, run.run_id, run.index.shard)
@@ -322,6 +347,7 @@ def gather(run: FeedRun, *, top: int = DEFAULT_TOP) -> Report:
         quota=quota_use(times, rate),
         columns=columns,
         generated_at=datetime.now(UTC),
+        offer_images=pictures,
     )
 
 
@@ -366,6 +392,7 @@ def offer_line(row: dict[str, Any]) -> OfferLine:
         title_en=_text(row.get("title_en")),
         verdict=_text(row.get("verdict")),
         visual_score=_number(row.get("visual_score")),
+        image_sha256=_text(row.get("offer_image_sha256")),
     )
 
 
@@ -393,11 +420,14 @@ def photo_card(row: dict[str, Any], offers: Sequence[OfferLine], thumbnail: Thum
     )
 
 
-async def thumbnails(photos: Iterable[tuple[str, str | None]]) -> dict[str, Thumbnail]:
+async def thumbnails(
+    photos: Iterable[tuple[str, str | None]], cache: ImageCache | None = None
+) -> dict[str, Thumbnail]:
     """A :class:`Thumbnail` for each ``(query_path, query_sha256)``, made in worker processes.
 
-    A file that is gone, unreadable or not an image gets none, with the reason; a file whose
-    bytes are no longer those the run searched gets its thumbnail and a note saying so.
+    A local file is read where it is. A web photo or a photo on S3 (``scheme://``) is taken from
+    ``cache``, and so is a local file gone, unreadable or changed since the run, with a note:
+    the report shows what was searched. With nothing to show, the note says why.
     """
     import asyncio
 
@@ -406,17 +436,90 @@ async def thumbnails(photos: Iterable[tuple[str, str | None]]) -> dict[str, Thum
     wanted = dict(photos)
     if not wanted:
         return {}
+
+    def cached(sha256: str | None) -> Path | None:
+        return _cached(cache.photo_path, sha256) if cache is not None and sha256 else None
+
     async with PreprocessPool(options=THUMBNAIL_OPTIONS) as pool:
-        results = await asyncio.gather(*(pool.prepare(Path(path)) for path in wanted))
-    made: dict[str, Thumbnail] = {}
-    for (path, sha256), result in zip(wanted.items(), results, strict=True):
-        if isinstance(result, PreprocessFailure):
-            made[path] = Thumbnail(None, f"no preview: {result.message}")
-        elif sha256 is not None and result.sha256 != sha256:
-            made[path] = Thumbnail(result.jpeg, "the file has changed since the run")
-        else:
-            made[path] = Thumbnail(result.jpeg)
-    return made
+
+        async def from_cache(blob: Path, note: str | None = None) -> Thumbnail:
+            result = await pool.prepare(blob)  # the worker reads it: one photo in memory each
+            if isinstance(result, PreprocessFailure):
+                return Thumbnail(None, f"no preview: {result.message}")
+            if result.sha256 != blob.name:
+                return Thumbnail(None, "no preview: its copy in the image cache is damaged")
+            return Thumbnail(result.jpeg, note)
+
+        async def thumbnail(path: str, sha256: str | None) -> Thumbnail:
+            if "://" in path:
+                blob = cached(sha256)
+                if blob is None:
+                    return Thumbnail(None, "no preview: the photo is not in the image cache")
+                return await from_cache(blob)
+            result = await pool.prepare(Path(path))
+            if isinstance(result, PreprocessFailure):
+                why = "gone or unreadable since the run"
+            elif sha256 is not None and result.sha256 != sha256:
+                why = "the file has changed since the run"
+            else:
+                return Thumbnail(result.jpeg)
+            blob = cached(sha256)
+            if blob is not None:
+                return await from_cache(blob, f"{why}; shown as it was searched")
+            if isinstance(result, PreprocessFailure):
+                return Thumbnail(None, f"no preview: {result.message}")
+            return Thumbnail(result.jpeg, why)
+
+        made = await asyncio.gather(*(thumbnail(path, sha) for path, sha in wanted.items()))
+    return dict(zip(wanted, made, strict=True))
+
+
+async def offer_thumbnails(shas: Sequence[str], cache: ImageCache | None) -> dict[str, bytes]:
+    """A small thumbnail (:data:`OFFER_IMAGE_OPTIONS`) of each offer image in ``cache``, by
+    its SHA-256; those the cache no longer has, or that do not decode, are left out."""
+    import asyncio
+
+    from engine.pool import PreprocessPool
+
+    found = {sha: blob for sha in shas if cache is not None and (blob := _cached(cache.path, sha))}
+    if not found:
+        return {}
+    async with PreprocessPool(options=OFFER_IMAGE_OPTIONS) as pool:
+        made = await asyncio.gather(*(pool.prepare(blob) for blob in found.values()))
+    return {
+        sha: result.jpeg
+        for sha, result in zip(found, made, strict=True)
+        if not isinstance(result, PreprocessFailure) and result.sha256 == sha  # not damaged
+    }
+
+
+def _cached(locate: Callable[[str], Path | None], sha256: str) -> Path | None:
+    """``locate(sha256)``; ``None`` as well when the cache's index cannot be read or the name
+    is no SHA-256: one image the report cannot show never stops it."""
+    try:
+        return locate(sha256)
+    except (StorageError, ValueError):
+        return None
+
+
+def _image_cache(manifest: Mapping[str, Any], stack: ExitStack) -> ImageCache | None:
+    """The image cache the run used (its manifest says), else the default one; ``None`` when
+    there is none: the report never creates one."""
+    from engine.imagecache import INDEX_NAME, ImageCache
+    from engine.jobfile import default_cache_dir
+
+    evidence = manifest.get("evidence")
+    named = evidence.get("cache_dir") if isinstance(evidence, dict) else None
+    try:
+        folder = Path(named) if isinstance(named, str) else default_cache_dir(os.environ)
+    except ConfigError:  # no home directory
+        return None
+    if not (folder / INDEX_NAME).is_file():
+        return None
+    try:
+        return stack.enter_context(ImageCache(folder))
+    except StorageError:
+        return None  # the photos that need it say "not in the image cache"
 
 
 def parse_rate(text: object) -> RateLimit | None:
@@ -428,7 +531,7 @@ def parse_rate(text: object) -> RateLimit | None:
     """
     if not isinstance(text, str):
         return None
-    rates = [Rate.parse(f"{calls}/{period}") for calls, period in _RATE.findall(text)]
+    rates = [Rate.parse(found[0]) for found in RATE_TEXT.finditer(text)]
     if not rates or len({r.period for r in rates}) != 1:
         return None
     apps = _APPS.search(text)

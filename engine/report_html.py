@@ -4,19 +4,21 @@ The document has three parts:
 
 * the summary, rendered here (every text escaped): photos searched, reused and failed by
   reason, calls spent, the run's duration, and the quota chart as inline SVG;
-* the photos, as one JSON payload in a ``<script type="application/json">`` block, from which
-  the inline script renders cards 100 at a time (:data:`PAGE`) with the DOM API and
-  ``textContent`` only: thousands of photos never become thousands of live elements and decoded
-  images at once, as they would with every card in the markup (``loading=lazy`` does not defer
-  a ``data:`` URI: its bytes are in the document, and it is decoded when parsed);
+* the photos, as one JSON payload in a ``<script type="application/json">`` block (each
+  distinct offer image once, in a list the offers index), from which the inline script
+  renders cards 100 at a time (:data:`PAGE`) with the DOM API and ``textContent`` only:
+  thousands of photos never become thousands of live elements and decoded images at once, as
+  they would with every card in the markup (``loading=lazy`` does not defer a ``data:`` URI:
+  its bytes are in the document, and it is decoded when parsed);
 * the filters (verdict, price range, failed only), plain inline JavaScript: a card that does not
   match gets the ``hidden`` attribute. They follow the URL fragment, which they also write:
-  ``#failed&verdict=match&price=10-20``; ``#check`` adds, once the page is drawn, a
+  ``#failed&verdict=match&price=10-20``; ``#check`` adds, once the page has loaded, a
   ``<pre id="report-check">`` with how many of its images decoded (used by the tests).
 
 A Content-Security-Policy allows only ``data:`` images and the page's own style and script
 (by hash): even a title that slipped past escaping could neither run a script nor load
-anything. Offer images are linked, not embedded: the report fetches nothing.
+anything. The offers' images come from the image cache as ``data:`` URIs, never from their
+URLs (linked, not loaded): the report fetches nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import hashlib
 import html
 import json
 from collections import Counter
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -103,15 +106,22 @@ def _script_json(value: object) -> str:
 def _payload(report: Report) -> dict[str, object]:
     """The photos as the script reads them: short keys, absent values left out (a run of
     thousands of photos pays for every byte)."""
+    shas = sorted(report.offer_images)
+    index = {sha: n for n, sha in enumerate(shas)}  # offers name their image by position
     return {
         "top": report.top,
         "columns": sorted(report.columns),
         "placeholder": PLACEHOLDER,
-        "photos": [_photo(photo) for photo in report.photos],
+        "images": [_data_uri(report.offer_images[sha]) for sha in shas],
+        "photos": [_photo(photo, index) for photo in report.photos],
     }
 
 
-def _photo(photo: PhotoCard) -> dict[str, object]:
+def _data_uri(jpeg: bytes) -> str:
+    return f"data:image/jpeg;base64,{base64.b64encode(jpeg).decode()}"
+
+
+def _photo(photo: PhotoCard, images: Mapping[str, int]) -> dict[str, object]:
     thumb = photo.thumbnail
     fields: dict[str, object] = {
         "path": photo.path,
@@ -125,16 +135,14 @@ def _photo(photo: PhotoCard) -> dict[str, object]:
         "received": photo.offers_received,
         "kept": photo.offers_kept,
         "removed": [list(pair) for pair in photo.removed] or None,
-        "thumb": f"data:image/jpeg;base64,{base64.b64encode(thumb.jpeg).decode()}"
-        if thumb.jpeg
-        else None,
+        "thumb": _data_uri(thumb.jpeg) if thumb.jpeg else None,
         "note": thumb.note,
-        "offers": [_offer(offer) for offer in photo.offers] or None,
+        "offers": [_offer(offer, images) for offer in photo.offers] or None,
     }
     return {key: value for key, value in fields.items() if value is not None}
 
 
-def _offer(offer: OfferLine) -> dict[str, object]:
+def _offer(offer: OfferLine, images: Mapping[str, int]) -> dict[str, object]:
     fields: dict[str, object] = {
         "rank": offer.rank,
         "title": offer.title,
@@ -151,6 +159,7 @@ def _offer(offer: OfferLine) -> dict[str, object]:
         "score": offer.visual_score,
         "url": offer.offer_url,
         "image": offer.image_url,
+        "img": images.get(offer.image_sha256) if offer.image_sha256 else None,
     }
     return {key: value for key, value in fields.items() if value is not None}
 
@@ -406,6 +415,7 @@ table.offers th{text-align:left;color:var(--dim);font-weight:500;font-size:12px;
 border-bottom:1px solid var(--line);padding:2px 6px}
 table.offers td{vertical-align:top;border-bottom:1px solid #f0f2f5;padding:4px 6px}
 table.offers th.num{text-align:right}
+table.offers td.pic img{display:block;object-fit:contain;background:#eceff3;border-radius:3px}
 table.offers .what{width:100%}
 td.price{white-space:nowrap;text-align:right}
 .tiers span{display:inline-block;white-space:nowrap;margin-left:6px}
@@ -429,6 +439,8 @@ _SCRIPT = r"""
   var photos = data.photos;
   var columns = {};
   data.columns.forEach(function (name) { columns[name] = true; });
+  // Left out (--no-offer-images), or none in the cache: no column of empty cells.
+  var offerImages = data.images.length > 0;
   var container = document.getElementById("cards");
   var more = document.getElementById("more");
   var count = document.getElementById("count");
@@ -469,6 +481,16 @@ _SCRIPT = r"""
   function offerRow(offer) {
     var row = el("tr");
     row.appendChild(el("td", "num", offer.rank));
+    if (offerImages) {
+      var pic = row.appendChild(el("td", "pic"));
+      if (offer.img !== undefined) {
+        var img = pic.appendChild(el("img"));
+        img.alt = "the offer's image";
+        img.width = 48;
+        img.height = 48;
+        img.src = data.images[offer.img];
+      }
+    }
     var what = el("td", "what");
     what.appendChild(el("span", "title", offer.title || "(no title)"));
     if (offer.title_en) what.appendChild(el("span", "en", offer.title_en));
@@ -504,7 +526,9 @@ _SCRIPT = r"""
   function offerTable(offers) {
     var table = el("table", "offers");
     var head = el("tr");
-    var names = [["#", "num"], ["Offer", "what"], ["Price (CNY), tiers", "num"], ["MOQ", "num"]];
+    var names = [["#", "num"]];
+    if (offerImages) names.push(["Image", null]);
+    names.push(["Offer", "what"], ["Price (CNY), tiers", "num"], ["MOQ", "num"]);
     if (columns.verdict) names.push(["Verdict", null]);
     if (columns.visual_score) names.push(["Visual score", "num"]);
     if (hasSimilarity) names.push(["Similarity", "num"]);
@@ -659,24 +683,22 @@ _SCRIPT = r"""
     apply();
   }
 
+  // Synchronous, on the load event, so that a headless browser dumping the page once it has
+  // loaded always finds the result: img.decode() settles off the main thread, and a dump taken
+  // while the page is idle came before its promise once in CI.
   function check() {
     var images = Array.prototype.slice.call(document.images);
-    var done = images.map(function (img) {
-      return img.decode().then(function () {}, function () {});
+    var broken = images.filter(function (img) {
+      return !(img.complete && img.naturalWidth > 0);  // what a browser shows as broken
+    }).map(function (img) {
+      var owner = img.closest("[data-photo]");
+      return owner ? owner.dataset.photo : img.alt;
     });
-    Promise.all(done).then(function () {
-      var broken = images.filter(function (img) {
-        return !(img.complete && img.naturalWidth > 0);
-      }).map(function (img) {
-        var owner = img.closest("[data-photo]");
-        return owner ? owner.dataset.photo : img.alt;
-      });
-      var out = el("pre", null, JSON.stringify({
-        images: images.length, decoded: images.length - broken.length, broken: broken
-      }));
-      out.id = "report-check";
-      document.body.appendChild(out);
-    });
+    var out = el("pre", null, JSON.stringify({
+      images: images.length, decoded: images.length - broken.length, broken: broken
+    }));
+    out.id = "report-check";
+    document.body.appendChild(out);
   }
 
   var verdicts = {};
@@ -706,6 +728,6 @@ _SCRIPT = r"""
   }
   var checking = fromHash();
   apply();
-  if (checking) check();
+  if (checking) window.addEventListener("load", check);  // this script runs while parsing
 })();
 """

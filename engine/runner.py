@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 from engine.accounting import CallAccount
 from engine.apps import AppPool
@@ -42,7 +44,8 @@ from engine.batcher import PartBatcher
 from engine.breaker import OutageBreaker
 from engine.client import SearchResult
 from engine.credentials import Credentials
-from engine.discover import Candidate, DiscoveryReport, discover
+from engine.discover import Candidate, DiscoveryReport, discover, missing_inputs
+from engine.download import Downloader, DownloadFailed
 from engine.endpoint import open_endpoint, token_store_for
 from engine.errors import (
     ConfigError,
@@ -52,21 +55,24 @@ from engine.errors import (
     StorageError,
     TransientError,
 )
+from engine.evidence.stage import EvidenceStage, open_images
 from engine.export import Exporter
-from engine.feed import Feed
+from engine.feed import job_feed
 from engine.inflight import InFlightSearches, Search
 from engine.jobfile import Job
 from engine.ledger import open_ledger
-from engine.lifecycle import complete_run, open_run
+from engine.lifecycle import Publishing, complete_run, open_run
 from engine.outcome import ExitCode, Interrupted, RunOutcome, completed_outcome, stop_outcome
 from engine.pool import PreprocessPool
-from engine.preprocess import PreparedImage
+from engine.preprocess import Prepared, PreparedImage, PreprocessFailure
 from engine.progress import Counters, Progress
 from engine.ratelimit import BudgetExhausted, CallBudget
 from engine.reuse import AnswerReuse
 from engine.shard import photo_key
 from engine.state import NewAnswer, Run, StateStore
 from engine.summary import run_manifest, run_summary
+
+log = logging.getLogger(__name__)
 
 _END = None
 STOP_GRACE_SECONDS = 5.0
@@ -87,6 +93,8 @@ class JobRunner:
         pool: PreprocessPool,
         stop: asyncio.Event,
         stop_signal: Callable[[], int | None],
+        evidence: EvidenceStage | None = None,
+        photos: Downloader | None = None,
     ) -> None:
         self.job = job
         self.state = state
@@ -95,8 +103,18 @@ class JobRunner:
         self.pool = pool
         self.stop = stop
         self.stop_signal = stop_signal
-        self.feed = Feed(job.out, job.zstd_level, job.shard)
-        self.exporter = Exporter(state, self.feed, run, job.filters, job.gateway.protocol)
+        self.feed = job_feed(job)
+        self.evidence = evidence
+        self.photos = photos
+        """Downloads the catalogue's web photos; ``None`` when it has none."""
+        self.exporter = Exporter(
+            state,
+            self.feed,
+            run,
+            job.filters,
+            job.gateway.protocol,
+            evidence.judge if evidence is not None else None,
+        )
         self.reuse = AnswerReuse(
             state,
             run,
@@ -118,6 +136,8 @@ class JobRunner:
         size = job.engine.queue_size
         self._to_prepare: asyncio.Queue[Candidate | None] = asyncio.Queue(size)
         self._to_search: asyncio.Queue[Search | None] = asyncio.Queue(job.engine.searches * 2)
+        self._to_judge: asyncio.Queue[tuple[str, int] | None] = asyncio.Queue(size)
+        """Answered photos whose offers' images are fetched before export: (path, answer id)."""
         self._to_export = PartBatcher(
             self._flush,
             part_images=job.engine.part_images,
@@ -170,22 +190,29 @@ class JobRunner:
             searchers = [
                 stages.create_task(self._search_loop()) for _ in range(self.job.engine.searches)
             ]
+            fetchers = [
+                stages.create_task(self._evidence_loop())
+                for _ in range(self.job.evidence.concurrency if self.evidence else 0)
+            ]
             await asyncio.gather(*preparers)
             for _ in searchers:
                 await self._to_search.put(_END)
-        # A streak too short to trip the breaker: those photos really failed.
-        await self._export_all(self.breaker.answered())
+            await asyncio.gather(*searchers)
+            # A streak too short to trip the breaker: those photos really failed.
+            await self._export_all(self.breaker.answered())
+            for _ in fetchers:
+                await self._to_judge.put(_END)
 
     # -- discover ---------------------------------------------------------------------------
 
     async def _produce(self, preparers: int) -> None:
         new_work = 0
         run_id = self.run.run_id
-        async for candidate in discover(self.job.inputs, self.discovery):
+        async for candidate in discover(self.job.inputs, self.discovery, self.job.catalogue):
             if self.winding_down is not None:
                 break
-            path = str(candidate.path)
-            if not self.job.shard.owns(photo_key(path)):
+            path = candidate.id
+            if not self.job.shard.owns(photo_key(str(candidate.path), candidate.sku)):
                 continue  # another shard's photo: not counted, not recorded
             self.counters.discovered += 1
             record = self.state.image(run_id, path)
@@ -195,23 +222,42 @@ class JobRunner:
                 self.counters.already_done += 1
                 continue
             if record is not None and record.status in ("fetched", "failed"):
-                await self._to_export.put(path)
+                await self._finish(path)
                 continue
-            if self.reuse.reuse_unchanged(candidate):
-                await self._to_export.put(path)
+            if self.reuse.reuse_unchanged(candidate, self._keyword(candidate.title)):
+                await self._finish(path)
                 continue
             if self.job.limit is not None and new_work >= self.job.limit:
                 self.limit_reached = True
                 self.counters.discovered -= 1
                 break
             new_work += 1
-            unchanged = (
-                record is not None
-                and record.size == candidate.size
-                and record.mtime_ns == candidate.mtime_ns
+            # A catalogue row edited between invocations (another URL or title) is another
+            # question, even where its file's version cannot tell (a web photo's is learnt later).
+            unchanged = record is not None and (
+                record.size,
+                record.mtime_ns,
+                record.etag,
+                record.source,
+                record.title,
+            ) == (
+                candidate.size,
+                candidate.mtime_ns,
+                candidate.etag,
+                candidate.source,
+                candidate.title,
             )
             if not unchanged:
-                self.state.discovered(run_id, path, candidate.size, candidate.mtime_ns)
+                self.state.discovered(
+                    run_id,
+                    path,
+                    candidate.size,
+                    candidate.mtime_ns,
+                    etag=candidate.etag,
+                    source=candidate.source,
+                    sku=candidate.sku,
+                    title=candidate.title,
+                )
             await self._to_prepare.put(candidate)
         for _ in range(preparers):
             await self._to_prepare.put(_END)
@@ -223,8 +269,8 @@ class JobRunner:
         while (candidate := await self._to_prepare.get()) is not _END:
             if self.winding_down is not None:
                 continue  # winding down: leave it pending, spend no more CPU on it
-            path = str(candidate.path)
-            prepared = await self.pool.prepare(candidate.path)
+            path = candidate.id
+            prepared = await self._prepare(candidate)
             if not isinstance(prepared, PreparedImage):
                 self.state.failed(
                     run_id, [path], prepared.reason, prepared.message, sha256=prepared.sha256
@@ -234,11 +280,45 @@ class JobRunner:
             self.state.prepared(
                 run_id, path, prepared.sha256, prepared.width, prepared.height, prepared.steps
             )
-            if self.reuse.reuse_same_bytes(path, prepared.sha256):
-                await self._to_export.put(path)
+            if self.evidence is not None:
+                await self.evidence.keep_query(prepared)
+            keyword = self._keyword(candidate.title)
+            if self.reuse.reuse_same_bytes(path, prepared.sha256, keyword):
+                await self._finish(path)
                 continue
-            if not self.searches.ride_along(prepared.sha256, path):
-                await self._to_search.put(self.searches.start(prepared, path))
+            if not self.searches.ride_along(prepared.sha256, path, keyword):
+                await self._to_search.put(self.searches.start(prepared, path, keyword))
+
+    def _keyword(self, title: str | None) -> str | None:
+        """The keyword a photo's search sends: its catalogue title, with ``send_title``."""
+        return self.job.search_filters_for(title).keyword
+
+    async def _prepare(self, candidate: Candidate) -> Prepared:
+        """Prepare a photo in the pool. A local file is read there; an object's bytes are read
+        here first, in a thread, at most ``max_input_bytes`` + 1 of them (the pool refuses a
+        photo over the limit), so the preparing loops bound what is held in memory."""
+        if candidate.is_url:
+            return await self._download(str(candidate.path))
+        if candidate.store is None:
+            return await self.pool.prepare(Path(candidate.path))
+        limit = self.pool.options.max_input_bytes + 1
+        try:
+            data = await asyncio.to_thread(candidate.store.read_bytes, candidate.key, limit)
+        except StorageError as exc:
+            return PreprocessFailure("unreadable", str(exc))
+        if data is None:
+            return PreprocessFailure("unreadable", f"{candidate.path} is gone since the listing")
+        return await self.pool.prepare(data)
+
+    async def _download(self, url: str) -> Prepared:
+        """A catalogue photo on the web: downloaded (or revalidated) into the image cache, then
+        prepared from there; a failed download fails the photo with the download's reason."""
+        if self.photos is None:  # run_job opens a downloader whenever the catalogue has URLs
+            raise RuntimeError("a web photo, and no downloader")
+        got = await self.photos.fetch(url, revalidate=True)
+        if isinstance(got, DownloadFailed):
+            return PreprocessFailure(got.reason, got.message)
+        return await self.pool.prepare(got.path)
 
     # -- search -----------------------------------------------------------------------------
 
@@ -256,7 +336,8 @@ class JobRunner:
     async def _search(self, search: Search) -> None:
         self.state.in_flight(self.run.run_id, search.paths)
         try:
-            result = await self.client.search(search.prepared.jpeg, self.job.search_filters)
+            filters = self.job.search_filters_for(search.keyword)
+            result = await self.client.search(search.prepared.jpeg, filters)
         except BudgetExhausted as exc:
             # Wind down instead of cancelling: the other searchers' calls already admitted
             # complete and are stored, so no paid-for answer is thrown away.
@@ -301,7 +382,7 @@ class JobRunner:
         self.searches.finish(search)
         answer = NewAnswer(
             sha256=search.sha256,
-            request_key=self.reuse.request_key,
+            request_key=self.reuse.key_for(search.keyword),
             protocol=result.protocol,
             raw_body=result.raw_body,
             searched_at=result.searched_at,
@@ -314,6 +395,31 @@ class JobRunner:
 
     async def _export_all(self, paths: list[str]) -> None:
         for path in paths:
+            await self._finish(path)
+
+    async def _finish(self, path: str) -> None:
+        """A photo is answered (or failed): on to the exporter, through the evidence stage
+        when it has an answer whose offers need their images."""
+        if self.evidence is not None:
+            record = self.state.image(self.run.run_id, path)
+            if record is not None and record.status == "fetched" and record.response_id is not None:
+                await self._to_judge.put((path, record.response_id))
+                return
+        await self._to_export.put(path)
+
+    # -- evidence ---------------------------------------------------------------------------
+
+    async def _evidence_loop(self) -> None:
+        """Fetch the offer images of answered photos, then hand the photos to the exporter.
+        Winding down, a photo is left ``fetched``: the next invocation fetches its images and
+        exports it, rather than publishing it without evidence."""
+        evidence = self.evidence
+        assert evidence is not None  # only started with evidence on
+        while (answered := await self._to_judge.get()) is not _END:
+            if self.winding_down is not None:
+                continue
+            path, response_id = answered
+            await evidence.images.fetch(self.state.response(response_id))
             await self._to_export.put(path)
 
     # -- clean and store --------------------------------------------------------------------
@@ -344,7 +450,7 @@ class JobRunner:
         return run_summary(
             self.state,
             self.run,
-            output=self.job.out,
+            output=self.job.feed_location,
             calls=self.calls,
             counters=self.counters,
             discovery=self.discovery,
@@ -356,7 +462,20 @@ class JobRunner:
             self.feed,
             self.run,
             lambda: run_manifest(self.state, self.run, self.job, self.summary()),
+            Publishing.of(self.job, self.feed),
         )
+        # Housekeeping of a run already published: a failure here must not fail the run.
+        try:
+            pruned = self.state.prune(self.run.run_id, self.reuse.since)
+        except StorageError as exc:
+            log.warning("checkpoints not pruned until the next completed run: %s", exc)
+            return
+        if any(pruned):
+            log.info(
+                "checkpoints pruned: %d image records of earlier runs, %d stored answers older"
+                " than engine.reuse_ttl_days that this run did not use",
+                *pruned,
+            )
 
 
 async def run_job(
@@ -375,7 +494,10 @@ async def run_job(
     file's. ``clock`` (epoch seconds) times the calls in the ledger and decides the gateway
     day of the daily cap."""
     stop = stop or asyncio.Event()
-    missing = [str(p) for p in job.inputs.paths if not p.exists()]
+    try:
+        missing = await missing_inputs(job.inputs)
+    except StorageError as exc:
+        return RunOutcome(ExitCode.STORAGE, None, str(exc))
     if missing:
         # An unmounted share must not pass for an empty catalogue: that would publish an
         # empty feed under _SUCCESS.
@@ -388,7 +510,7 @@ async def run_job(
         return RunOutcome(ExitCode.STORAGE, None, str(exc))
     runner: JobRunner | None = None
     try:
-        run = open_run(state, Feed(job.out, job.zstd_level, job.shard), job, fresh=fresh)
+        run = open_run(state, job_feed(job), job, fresh=fresh)
         async with AsyncExitStack() as stack:
             base_url, apps = await open_endpoint(stack, job, credentials)
             # One budget for the run, whatever the number of apps and gates drawing on it;
@@ -409,6 +531,7 @@ async def run_job(
             pool = await stack.enter_async_context(
                 PreprocessPool(job.engine.preprocess_workers, job.preprocess)
             )
+            images = await open_images(stack, job)
             runner = JobRunner(
                 job,
                 state,
@@ -417,6 +540,8 @@ async def run_job(
                 pool=pool,
                 stop=stop,
                 stop_signal=stop_signal,
+                evidence=images.evidence,
+                photos=images.photos,
             )
             progress = Progress(
                 runner.counters, client.gates, budget=budget, interval=progress_interval

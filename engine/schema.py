@@ -4,13 +4,14 @@ This module is the one place the feed schema is declared; ``docs/schema.md`` doc
 column by column (a test keeps the two in step). Changes are additive only: new nullable
 columns at the end, never a rename, retype or removal without a new ``SCHEMA_VERSION``.
 
-Column names equal the attribute names of the records they come from (:class:`Lineage` and
-:class:`~engine.clean.Offer` for ``matches``, :class:`ImageRow` for ``images``).
+Column names equal the attribute names of the records they come from (:class:`Lineage`,
+:class:`~engine.clean.Offer` and :class:`OfferEvidence` for ``matches``, :class:`ImageRow` for
+``images``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from datetime import datetime
 from typing import Literal
@@ -19,7 +20,9 @@ import pyarrow as pa
 
 from engine.clean import CleanResult, Offer
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+"""2: the catalogue columns (``sku``, ``sku_title``), the ``ocean`` supplier signals and the offer
+evidence, all nullable at the end of their tables (version 1 files read as these with nulls)."""
 
 MONEY = pa.decimal128(18, 4)
 """CNY amounts: exact, 14 digits before the point, 4 after."""
@@ -76,6 +79,21 @@ MATCHES_SCHEMA = pa.schema(
         _required("offer_url", pa.string()),
         pa.field("image_url", pa.string()),
         _required("notes", _list_of(pa.string())),
+        # Schema version 2: the catalogue's identifiers, the supplier signals, the evidence.
+        pa.field("sku", pa.string()),
+        pa.field("sku_title", pa.string()),
+        pa.field("title_en", pa.string()),
+        pa.field("repurchase_rate", pa.float64()),
+        pa.field("seller_identities", _list_of(pa.string())),
+        pa.field("one_piece_sale", pa.bool_()),
+        pa.field("ship_in", pa.string()),
+        pa.field("free_shipping", pa.bool_()),
+        pa.field("offer_image_sha256", pa.string()),
+        pa.field("visual_score", pa.float64()),
+        pa.field("same_photo", pa.bool_()),
+        pa.field("verdict", pa.string()),
+        pa.field("cluster_id", pa.string()),
+        pa.field("similarity_source", pa.string()),
     ],
     metadata=_metadata("matches"),
 )
@@ -104,6 +122,11 @@ IMAGES_SCHEMA = pa.schema(
         pa.field("width", pa.int64()),
         pa.field("height", pa.int64()),
         _required("preprocess_steps", _list_of(pa.string())),
+        # Schema version 2.
+        pa.field("sku", pa.string()),
+        pa.field("sku_title", pa.string()),
+        pa.field("same_photo_offers", pa.int64()),
+        pa.field("same_product_offers", pa.int64()),
     ],
     metadata=_metadata("images"),
 )
@@ -126,9 +149,35 @@ class Lineage:
     protocol: str
     searched_at: datetime
     engine_version: str
+    sku: str | None = None
+    sku_title: str | None = None
+    """The catalogue row's SKU and title; ``None`` for a photo found by ``inputs.paths``."""
 
     def __post_init__(self) -> None:
         _require_utc("searched_at", self.searched_at)
+
+
+Verdict = Literal["same_photo", "same_product", "similar", "different"]
+
+
+@dataclass(frozen=True)
+class OfferEvidence:
+    """What the engine found comparing the query photo with one offer's main image.
+
+    All ``None`` when there is no evidence (evidence off, or the offer image could not be had:
+    a note on the offer says why). ``similarity_source`` says where the row's ``similarity``
+    came from: ``gateway`` (``seed`` scores), ``visual`` (``ocean``: our ``visual_score``).
+    """
+
+    offer_image_sha256: str | None = None
+    visual_score: float | None = None
+    same_photo: bool | None = None
+    verdict: Verdict | None = None
+    cluster_id: str | None = None
+    similarity_source: Literal["gateway", "visual"] | None = None
+
+
+NO_EVIDENCE = OfferEvidence()
 
 
 @dataclass(frozen=True)
@@ -160,6 +209,12 @@ class ImageRow:
     width: int | None = None
     height: int | None = None
     preprocess_steps: tuple[str, ...] = ()
+    sku: str | None = None
+    sku_title: str | None = None
+    same_photo_offers: int | None = None
+    same_product_offers: int | None = None
+    """Kept offers whose verdict is ``same_photo``, and ``same_photo`` or ``same_product``;
+    ``None`` without evidence."""
 
     def __post_init__(self) -> None:
         _require_utc("searched_at", self.searched_at)
@@ -179,10 +234,18 @@ class ImageRow:
         width: int | None = None,
         height: int | None = None,
         preprocess_steps: tuple[str, ...] = (),
+        evidence: Sequence[OfferEvidence] | None = None,
     ) -> ImageRow:
-        """The row of an image whose answer was cleaned into ``result``."""
+        """The row of an image whose answer was cleaned into ``result``; ``evidence`` is that of
+        its kept offers (``None``, or no offer with a verdict: no evidence, null counts)."""
+        same_photo = same_product = None
+        if evidence is not None and any(e.verdict is not None for e in evidence):
+            same_photo = sum(e.verdict == "same_photo" for e in evidence)
+            same_product = same_photo + sum(e.verdict == "same_product" for e in evidence)
         return cls(
             **asdict(lineage),
+            same_photo_offers=same_photo,
+            same_product_offers=same_product,
             status="ok",
             offers_received=result.received,
             offers_kept=len(result.offers),
@@ -235,15 +298,49 @@ def _table(
     return table
 
 
-_MATCHES_SOURCES = _column_sources(MATCHES_SCHEMA, Lineage, Offer)
+_MATCHES_SOURCES = _column_sources(MATCHES_SCHEMA, Lineage, Offer, OfferEvidence)
 _IMAGES_SOURCES = _column_sources(IMAGES_SCHEMA, ImageRow)
 
 
-def matches_table(rows: Iterable[tuple[Lineage, Offer]]) -> pa.Table:
-    """The ``matches`` table (exactly :data:`MATCHES_SCHEMA`) of (lineage, offer) pairs."""
-    return _table(MATCHES_SCHEMA, _MATCHES_SOURCES, rows)
+MatchRow = tuple[Lineage, Offer] | tuple[Lineage, Offer, OfferEvidence]
+"""One row of ``matches``: a pair has no evidence."""
+
+
+def matches_table(rows: Iterable[MatchRow]) -> pa.Table:
+    """The ``matches`` table (exactly :data:`MATCHES_SCHEMA`) of (lineage, offer[, evidence])."""
+    return _table(
+        MATCHES_SCHEMA,
+        _MATCHES_SOURCES,
+        (row if len(row) == 3 else (*row, NO_EVIDENCE) for row in rows),
+    )
 
 
 def images_table(rows: Iterable[ImageRow]) -> pa.Table:
     """The ``images`` table (exactly :data:`IMAGES_SCHEMA`) of image rows."""
     return _table(IMAGES_SCHEMA, _IMAGES_SOURCES, ((row,) for row in rows))
+
+
+CHANGES_SCHEMA = pa.schema(
+    [
+        _required("run_id", pa.string()),
+        _required("previous_run_id", pa.string()),
+        _required("change", pa.string()),
+        _required("key", pa.string()),
+        _required("key_kind", pa.string()),
+        _required("query_path", pa.string()),
+        _required("item_id", pa.int64()),
+        _required("offer_url", pa.string()),
+        pa.field("price_min_old", MONEY),
+        pa.field("price_min_new", MONEY),
+        pa.field("price_max_old", MONEY),
+        pa.field("price_max_new", MONEY),
+        pa.field("min_order_old", pa.int64()),
+        pa.field("min_order_new", pa.int64()),
+    ],
+    metadata=_metadata("changes"),
+)
+"""One row per change of an offer between the job's previous completed run and this one
+(:mod:`engine.changes`): ``offer_new``, ``offer_gone``, ``price_changed``, ``moq_changed``."""
+
+SCHEMAS = {"matches": MATCHES_SCHEMA, "images": IMAGES_SCHEMA, "changes": CHANGES_SCHEMA}
+"""Each table of the feed by name, as declared."""

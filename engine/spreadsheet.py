@@ -19,8 +19,7 @@ Files are written under a temporary name and renamed when complete.
 from __future__ import annotations
 
 import csv
-import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from decimal import Decimal
 from pathlib import Path
@@ -30,7 +29,7 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.errors import StorageError
+from engine.storage import write_atomic
 
 if TYPE_CHECKING:
     from xlsxwriter.format import Format as CellFormat
@@ -371,7 +370,7 @@ def write_csv(rows: Iterable[ExportRow], path: Path) -> Written:
                 count.row(row)
                 writer.writerow([_csv_cell(value, count) for value in row.cells()])
 
-    _atomic(path, write)
+    write_atomic(path, write)
     return Written(path, "csv", count.rows, count.photos, 1, count.truncated, 0)
 
 
@@ -442,7 +441,7 @@ def write_xlsx(
         except FileCreateError as exc:
             raise OSError(str(exc)) from None
 
-    _atomic(path, write)
+    write_atomic(path, write)
     return Written(
         path, "xlsx", count.rows, count.photos, sheets, count.truncated, count.links_as_text
     )
@@ -492,18 +491,3 @@ class _Sheet:
 
     def finish(self) -> None:
         self.sheet.autofilter(0, 0, self.rows - 1, len(COLUMNS) - 1)
-
-
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Run ``write`` on a hidden temporary file beside ``path``, then rename it to ``path``:
-    a failed or interrupted export never leaves a partial file under the final name."""
-    temp = path.with_name(f".{path.name}.inprogress")
-    try:
-        write(temp)
-        os.replace(temp, path)
-    except OSError as exc:
-        temp.unlink(missing_ok=True)
-        raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise

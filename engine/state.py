@@ -4,8 +4,8 @@ What it records, and why each fact is enough to resume exactly:
 
 * ``runs``: one row per run (a run spans every invocation until it completes), with the
   fingerprint of the job's result-changing settings, so a resume under other settings is refused.
-* ``images``: one row per query file and run, moved only by the named transitions of
-  :class:`StateStore`:
+* ``images``: one row per query file and run (the latest completed run's, and the run under
+  way's), moved only by the named transitions of :class:`StateStore`:
 
   - ``discovered`` -> ``pending`` (``prepared`` then records what the photo's bytes are);
   - ``in_flight``: a search is about to spend calls; ``requeued``: back to ``pending``;
@@ -16,7 +16,8 @@ What it records, and why each fact is enough to resume exactly:
     registers the Parquet parts holding its rows, so "done" always means "durably in the feed".
 * ``responses``: every gateway answer, verbatim, keyed by the photo's SHA-256 and the request
   key. Stored before the image is marked fetched, so an answer is never paid for twice, and the
-  feed can be re-cleaned later without calls.
+  feed can be re-cleaned later without calls. A completed run drops the answers older than its
+  reuse horizon that it did not use, and earlier runs' image records (:meth:`StateStore.prune`).
 * ``parts``: the Parquet files that belong to the dataset. A file on disk that is not listed
   here was left by a crash between its rename and this commit, and is deleted on the next start.
 * ``calls``: the call ledger, one row per gateway call spent (admitted and not refunded), with
@@ -25,8 +26,13 @@ What it records, and why each fact is enough to resume exactly:
   ``quota_settings``: the job's quota keys as the latest invocation gave them, for ``img1688
   status``, which has no job file (see :mod:`engine.ledger`).
 
-The database is ``OUT/state.sqlite``; each shard of a sharded job (:mod:`engine.shard`) keeps
-its own, ``OUT/state-shard-I-of-N.sqlite``, under its own lock, listing only its own parts.
+* ``feed_output``: where the feed of these checkpoints is (:meth:`StateStore.bind_output`): the
+  folder itself, or ``s3://bucket/prefix``; the parts listed are that feed's and no other's.
+
+The database is ``OUT/state.sqlite``, ``OUT`` being the job's local folder (the output directory,
+or ``output.state_dir`` for a feed on object storage); each shard of a sharded job
+(:mod:`engine.shard`) keeps its own, ``OUT/state-shard-I-of-N.sqlite``, under its own lock,
+listing only its own parts.
 
 Every write commits at once with ``synchronous=FULL``: a kill at any instant loses at most the
 call that was in flight. Calls are short and few (one per image), so they run on the event
@@ -37,14 +43,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
-from engine.errors import StorageError
+from engine.errors import ConfigError, StorageError
 from engine.ledger import QuotaSettings
 from engine.lock import OutputLock
 from engine.protocol import ProtocolName
@@ -95,10 +101,16 @@ CREATE TABLE IF NOT EXISTS images (
     height      INTEGER,
     steps       TEXT,
     part        TEXT,
+    source      TEXT,
+    sku         TEXT,
+    title       TEXT,
+    etag        TEXT,
     PRIMARY KEY (run_id, path)
 );
 CREATE INDEX IF NOT EXISTS images_by_status ON images (run_id, status);
 CREATE INDEX IF NOT EXISTS images_by_path ON images (path);
+-- The foreign key's child column: deleting an answer looks up who names it.
+CREATE INDEX IF NOT EXISTS images_by_response ON images (response_id);
 CREATE TABLE IF NOT EXISTS parts (
     name       TEXT NOT NULL,
     run_id     TEXT NOT NULL,
@@ -107,6 +119,19 @@ CREATE TABLE IF NOT EXISTS parts (
     rows       INTEGER NOT NULL,
     created_at TEXT NOT NULL,
     PRIMARY KEY (kind, name)
+);
+CREATE TABLE IF NOT EXISTS forgotten_runs (
+    run_id TEXT PRIMARY KEY
+);
+CREATE TABLE IF NOT EXISTS clusters (
+    run_id     TEXT NOT NULL,
+    image_sha  TEXT NOT NULL,
+    cluster_id TEXT NOT NULL,
+    PRIMARY KEY (run_id, image_sha)
+);
+CREATE TABLE IF NOT EXISTS feed_output (
+    id  INTEGER PRIMARY KEY CHECK (id = 1),
+    url TEXT
 );
 CREATE TABLE IF NOT EXISTS calls (
     at     REAL NOT NULL,
@@ -124,6 +149,9 @@ CREATE TABLE IF NOT EXISTS quota_settings (
     saved_at      TEXT NOT NULL
 );
 """
+_ADDED_COLUMNS = {"images": ("source TEXT", "sku TEXT", "title TEXT", "etag TEXT")}
+"""Columns added since state version 1 was released: a database written before them gains them
+(``ALTER TABLE``) when it is opened, so a run in progress resumes across the upgrade."""
 _GATEWAY_DAY = "date(at, 'unixepoch', '+8 hours')"
 """A call's gateway day, GMT+8 (:data:`engine.ledger.GATEWAY_TZ`), as ``calls_by_day`` indexes
 it: a query must spell it exactly so to use the index."""
@@ -136,6 +164,12 @@ class Run:
     started_at: str
     fingerprint: str
     completed_at: str | None
+
+    @property
+    def format(self) -> str:
+        """The run's ``output.format`` (its fingerprint names any but the default)."""
+        fingerprint = json.loads(self.fingerprint)
+        return str(fingerprint.get("format", "parquet")) if isinstance(fingerprint, dict) else ""
 
 
 @dataclass(frozen=True)
@@ -156,6 +190,28 @@ class ImageRecord:
     height: int | None
     steps: tuple[str, ...]
     part: str | None
+    source: str | None = None
+    """Where the photo's bytes come from when ``path`` is not that: a catalogue row's image
+    (a local path or a URL). ``path`` is then the row's key, ``sku:<SKU>``."""
+    sku: str | None = None
+    title: str | None = None
+    etag: str | None = None
+    """An input object's ETag: with ``size`` and ``mtime_ns``, its version (see
+    :meth:`StateStore.previous_image`); ``None`` for a local file."""
+
+    @property
+    def query_path(self) -> str:
+        """The photo as the feed names it: the catalogue row's image, else the path."""
+        return self.source or self.path
+
+
+class Pruned(NamedTuple):
+    """What :meth:`StateStore.prune` deleted."""
+
+    records: int
+    """Image records of earlier runs."""
+    answers: int
+    """Stored answers."""
 
 
 @dataclass(frozen=True)
@@ -247,6 +303,7 @@ class StateStore:
             self.db.execute("PRAGMA foreign_keys=ON")
             self._check_version()
             self.db.executescript(_SCHEMA)
+            _add_columns(self.db)
             self.db.execute(f"PRAGMA user_version={STATE_VERSION}")
         except sqlite3.Error as exc:
             self.close()
@@ -313,6 +370,10 @@ class StateStore:
     def latest_run(self) -> Run | None:
         return _latest_run(self.db)
 
+    def runs(self) -> list[Run]:
+        """Every run these checkpoints remember, oldest first."""
+        return [Run(*row) for row in self.db.execute(_RUNS_OLDEST_FIRST)]
+
     def start_run(self, run_id: str, run_date: str, fingerprint: str) -> Run:
         started = utc_now().isoformat()
         with self.transaction() as db:
@@ -360,6 +421,26 @@ class StateStore:
         """The quota keys the latest invocation kept; ``None`` before any."""
         return _quota_settings(self.db)
 
+    def bind_output(self, url: str | None) -> None:
+        """Record where the feed of these checkpoints is (``url``; ``None`` for this folder
+        itself, the usual local layout), or check that it is where it was recorded: the
+        checkpoints list parts of one feed only.
+
+        Raises:
+            ConfigError: another feed is recorded here.
+        """
+        row = self.db.execute("SELECT url FROM feed_output").fetchone()
+        if row is None:
+            with self.transaction() as db:
+                db.execute("INSERT INTO feed_output (id, url) VALUES (1, ?)", (url,))
+            return
+        if row[0] != url:
+            raise ConfigError(
+                f"output.state_dir: {self.out} holds the checkpoints of the feed at"
+                f" {row[0] or self.out}, not {url or self.out}: two feeds must not share one"
+                " state directory; give this output its own output.state_dir"
+            )
+
     def complete_run(self, run_id: str) -> None:
         with self.transaction() as db:
             db.execute(
@@ -368,8 +449,14 @@ class StateStore:
             )
 
     def forget_runs(self) -> None:
-        """Drop every run, image and part record; stored answers are kept (``--fresh``)."""
+        """Drop every run, image and part record; stored answers are kept (``--fresh``). The
+        run ids are remembered in ``forgotten_runs``: their part files are still this feed's to
+        clean up (:meth:`known_runs`) if the clearing that follows is cut short."""
         with self.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO forgotten_runs SELECT run_id FROM runs"
+                " UNION SELECT run_id FROM parts"
+            )
             db.execute("DELETE FROM images")
             db.execute("DELETE FROM parts")
             db.execute("DELETE FROM runs")
@@ -383,20 +470,41 @@ class StateStore:
         return _image(row) if row else None
 
     def previous_image(
-        self, run_id: str, path: str, size: int, mtime_ns: int
+        self, run_id: str, path: str, size: int, mtime_ns: int, etag: str | None = None
     ) -> ImageRecord | None:
-        """The newest record of the same unchanged file (same size and mtime) in an earlier run."""
+        """The newest record of the same unchanged file in an earlier run: same size, mtime
+        and (for an object) ETag."""
         row = self.db.execute(
             f"SELECT {_IMAGE_COLUMNS} FROM images WHERE path = ? AND run_id != ? AND size = ?"
-            " AND mtime_ns = ? AND sha256 IS NOT NULL ORDER BY rowid DESC LIMIT 1",
-            (path, run_id, size, mtime_ns),
+            " AND mtime_ns = ? AND etag IS ? AND sha256 IS NOT NULL ORDER BY rowid DESC LIMIT 1",
+            (path, run_id, size, mtime_ns, etag),
         ).fetchone()
         return _image(row) if row else None
 
-    def discovered(self, run_id: str, path: str, size: int, mtime_ns: int) -> None:
+    def discovered(
+        self,
+        run_id: str,
+        path: str,
+        size: int,
+        mtime_ns: int,
+        *,
+        source: str | None = None,
+        sku: str | None = None,
+        title: str | None = None,
+        etag: str | None = None,
+    ) -> None:
         """A file to search in this run: ``pending``, forgetting whatever this run knew of an
-        earlier version of it."""
-        self._put(_new_record(run_id, path, size, mtime_ns))
+        earlier version of it. A catalogue row passes its image as ``source``, its SKU and
+        title; an input object its ``etag``."""
+        self._put(
+            replace(
+                _new_record(run_id, path, size, mtime_ns),
+                source=source,
+                sku=sku,
+                title=title,
+                etag=etag,
+            )
+        )
 
     def reused_unchanged(
         self,
@@ -406,12 +514,22 @@ class StateStore:
         mtime_ns: int,
         previous: ImageRecord,
         response_id: int,
+        etag: str | None = None,
+        *,
+        source: str | None = None,
+        sku: str | None = None,
+        title: str | None = None,
     ) -> None:
         """A file unchanged since an earlier run: ``fetched`` from a stored answer, with the
-        facts that run learnt about it, and no call."""
+        facts that run learnt about it, and no call (a catalogue row: with its image, SKU and
+        title, as :meth:`discovered`)."""
         self._put(
             replace(
                 _new_record(run_id, path, size, mtime_ns),
+                etag=etag,
+                source=source,
+                sku=sku,
+                title=title,
                 sha256=previous.sha256,
                 status="fetched",
                 response_id=response_id,
@@ -543,6 +661,26 @@ class StateStore:
         ).fetchone()
         return _response(row) if row else None
 
+    def prune(self, keep_run: str, answers_before: datetime) -> Pruned:
+        """Forget what no run will read again, when ``keep_run`` completes (no other run is
+        unfinished then): the image records and cluster ids of every earlier run (their rows
+        live on in the feed; only the latest run's records are read, by ``status``, ``reclean``
+        and the next run's quick check), and the stored answers searched before
+        ``answers_before`` that ``keep_run`` does not use. Pass the run's reuse horizon
+        (:attr:`engine.reuse.AnswerReuse.since`): a later run, whose horizon is later, could
+        not reuse those answers either. Unpruned, the database would keep a record of every
+        photo of every night and every answer ever paid for (an ocean answer is about 17 KB).
+        The runs, their parts and the call ledger are kept."""
+        with self.transaction() as db:
+            records = db.execute("DELETE FROM images WHERE run_id != ?", (keep_run,)).rowcount
+            db.execute("DELETE FROM clusters WHERE run_id != ?", (keep_run,))
+            answers = db.execute(
+                "DELETE FROM responses WHERE searched_at < ? AND id NOT IN"
+                " (SELECT response_id FROM images WHERE response_id IS NOT NULL)",
+                (answers_before.isoformat(),),
+            ).rowcount
+        return Pruned(records, answers)
+
     def response(self, response_id: int) -> StoredResponse:
         row = self.db.execute(
             "SELECT id, sha256, protocol, raw_body, searched_at, calls FROM responses WHERE id = ?",
@@ -598,25 +736,33 @@ class StateStore:
         exported: list[tuple[str, str]],
         *,
         replacing: Sequence[PartRecord] = (),
+        clusters: Mapping[str, str] | None = None,
     ) -> None:
         """Register new Parquet parts, mark their images (``(run_id, path)`` pairs) exported
-        and unregister the parts they replace, in one transaction."""
+        and unregister the parts they replace, in one transaction; with it, the offer-image
+        ``clusters`` (SHA-256 -> cluster id) the parts' rows name for the first time."""
         now = utc_now().isoformat()
         image_part = next((p.name for p in parts if p.kind == "images"), None)
         with self.transaction() as db:
-            db.executemany(
-                "DELETE FROM parts WHERE kind = ? AND name = ?",
-                [(p.kind, p.name) for p in replacing],
-            )
-            db.executemany(
-                "INSERT INTO parts (name, run_id, kind, run_date, rows, created_at)"
-                " VALUES (?,?,?,?,?,?)",
-                [(p.name, p.run_id, p.kind, p.run_date, p.rows, now) for p in parts],
-            )
+            _swap_parts(db, replacing, parts, now)
             db.executemany(
                 "UPDATE images SET status = 'exported', part = ? WHERE run_id = ? AND path = ?",
                 [(image_part, run_id, path) for run_id, path in exported],
             )
+            if clusters and parts:
+                db.executemany(
+                    "INSERT OR REPLACE INTO clusters (run_id, image_sha, cluster_id)"
+                    " VALUES (?,?,?)",
+                    [(parts[0].run_id, sha, cid) for sha, cid in clusters.items()],
+                )
+
+    def clusters(self, run_id: str) -> dict[str, str]:
+        """The run's offer-image clusters so far: image SHA-256 -> cluster id."""
+        return dict(
+            self.db.execute(
+                "SELECT image_sha, cluster_id FROM clusters WHERE run_id = ?", (run_id,)
+            ).fetchall()
+        )
 
     def parts(self, run_id: str | None = None) -> list[PartRecord]:
         query = "SELECT name, run_id, kind, run_date, rows FROM parts"
@@ -626,11 +772,38 @@ class StateStore:
             args = (run_id,)
         return [PartRecord(*row) for row in self.db.execute(query + " ORDER BY name", args)]
 
+    def known_runs(self) -> set[str]:
+        """The run ids these checkpoints know: of their runs, of their registered parts, and
+        of the runs ``--fresh`` forgot (:meth:`engine.feed.Feed.remove_orphans` deletes only
+        parts of these)."""
+        rows = self.db.execute(
+            "SELECT run_id FROM runs UNION SELECT run_id FROM parts"
+            " UNION SELECT run_id FROM forgotten_runs"
+        )
+        return {run_id for (run_id,) in rows}
+
     def drop_parts(self, parts: Sequence[PartRecord]) -> None:
         with self.transaction() as db:
             db.executemany(
                 "DELETE FROM parts WHERE kind = ? AND name = ?", [(p.kind, p.name) for p in parts]
             )
+
+    def replace_parts(self, old: Sequence[PartRecord], new: Sequence[PartRecord]) -> None:
+        """Unregister ``old`` and register ``new`` in one transaction (compaction's swap): the
+        checkpoints list one set or the other, never both and never neither."""
+        with self.transaction() as db:
+            _swap_parts(db, old, new, utc_now().isoformat())
+
+
+def _swap_parts(
+    db: sqlite3.Connection, old: Sequence[PartRecord], new: Sequence[PartRecord], now: str
+) -> None:
+    """Unregister ``old`` and register ``new``, inside the caller's transaction."""
+    db.executemany("DELETE FROM parts WHERE kind = ? AND name = ?", [(p.kind, p.name) for p in old])
+    db.executemany(
+        "INSERT INTO parts (name, run_id, kind, run_date, rows, created_at) VALUES (?,?,?,?,?,?)",
+        [(p.name, p.run_id, p.kind, p.run_date, p.rows, now) for p in new],
+    )
 
 
 _IMAGE_FIELDS = (
@@ -650,6 +823,10 @@ _IMAGE_FIELDS = (
     "height",
     "steps",
     "part",
+    "source",
+    "sku",
+    "title",
+    "etag",
 )
 _IMAGE_COLUMNS = ", ".join(_IMAGE_FIELDS)
 _IMAGE_PLACEHOLDERS = ",".join("?" * len(_IMAGE_FIELDS))
@@ -674,6 +851,14 @@ def _new_record(run_id: str, path: str, size: int, mtime_ns: int) -> ImageRecord
         steps=(),
         part=None,
     )
+
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    for table, columns in _ADDED_COLUMNS.items():
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for column in columns:
+            if column.split()[0] not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
 
 def _image(row: tuple[object, ...]) -> ImageRecord:
@@ -775,6 +960,12 @@ def _has_ledger(db: sqlite3.Connection) -> bool:
         )
     }
     return names == {"calls", "quota_settings"}
+
+
+_RUNS_OLDEST_FIRST = (
+    "SELECT run_id, run_date, started_at, fingerprint, completed_at FROM runs"
+    " ORDER BY started_at, rowid"
+)
 
 
 def _latest_run(db: sqlite3.Connection) -> Run | None:
@@ -887,14 +1078,28 @@ def run_index(out: Path, shard: Shard = UNSHARDED) -> RunIndex | None:
     if not path.exists():
         return None
     with _read_only(path) as db:
-        runs = db.execute(
-            "SELECT run_id, run_date, started_at, fingerprint, completed_at FROM runs"
-            " ORDER BY started_at, rowid"
-        ).fetchall()
+        runs = db.execute(_RUNS_OLDEST_FIRST).fetchall()
         parts = db.execute(
             "SELECT name, run_id, kind, run_date, rows FROM parts ORDER BY name"
         ).fetchall()
     return RunIndex(shard, tuple(Run(*r) for r in runs), tuple(PartRecord(*p) for p in parts))
+
+
+def recorded_output(out: Path, shard: Shard = UNSHARDED) -> str | None:
+    """Where the feed of ``shard``'s checkpoints in ``out`` is, as :meth:`StateStore.bind_output`
+    recorded it; ``None`` when it is ``out`` itself (or nothing is recorded). Read-only, safe
+    while a run holds the lock.
+
+    Raises:
+        StorageError: the database cannot be read.
+    """
+    path = state_path(out, shard)
+    if not path.exists():
+        return None
+    with _read_only(path) as db:
+        has_table = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'feed_output'").fetchone()
+        row = db.execute("SELECT url FROM feed_output").fetchone() if has_table else None
+    return None if row is None else row[0]
 
 
 def run_call_times(out: Path, run_id: str, shard: Shard = UNSHARDED) -> list[float]:

@@ -28,7 +28,7 @@ def run_summary(
     state: StateStore,
     run: Run,
     *,
-    output: Path,
+    output: Path | str,
     calls: CallAccount,
     counters: Counters,
     discovery: DiscoveryReport,
@@ -74,6 +74,12 @@ def run_manifest(
         "completed_at": utc_now().isoformat(),
         "protocol": job.gateway.protocol,
         "zstd_level": job.zstd_level,
+        # What `img1688 reclean` needs to judge the offers again from the image cache.
+        "evidence": {
+            "enabled": job.evidence.enabled,
+            "rendition": job.evidence.rendition,
+            "cache_dir": str(job.evidence.cache_dir),
+        },
         "files": manifest_files(parts),
         "rows": {
             kind: sum(p.rows for p in parts if p.kind == kind and p.run_id == run.run_id)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import faulthandler
+import gc
 import shutil
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -11,15 +14,39 @@ from pathlib import Path
 
 import pytest
 
-# The client tests' helpers assert too: rewrite them for pytest's messages, before the import.
-pytest.register_assert_rewrite("tests.gateway_kit")
+# The client and job tests' helpers assert too: rewrite them for pytest's messages, before the
+# import.
+pytest.register_assert_rewrite("tests.gateway_kit", "tests.job_kit")
 
 from engine.outcome import RunOutcome  # noqa: E402
-from engine.sandbox import Sandbox  # noqa: E402
+from engine.ratelimit import Rate  # noqa: E402
+from engine.sandbox import Sandbox, SandboxConfig  # noqa: E402
 from engine.sandbox.catalogue import Catalogue  # noqa: E402
 from engine.state import StateStore  # noqa: E402
+from engine.storage import finalize_s3  # noqa: E402
 from tests.gateway_kit import StartSandbox, sandboxes, write_catalogue  # noqa: E402
 from tests.paths import SAMPLES  # noqa: E402
+from tests.s3_kit import S3Bucket  # noqa: E402
+
+EXIT_GRACE = 60.0
+"""Seconds the test process may take to exit once its exit handlers start (well under one)."""
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # At the process's real end, not here: a runner that calls pytest in its own process
+    # (mutmut, tools/mutation.py) lives on after the session. Registered after pyarrow's
+    # handler (pyarrow.fs is imported above), so it runs before it (atexit is last in, first out).
+    atexit.unregister(_end_of_process)
+    atexit.register(_end_of_process)
+
+
+def _end_of_process() -> None:
+    # Exit handlers hang at times, pyarrow's S3 shutdown among them (storage.finalize_s3): a
+    # hang prints every thread's stack and ends the process (status 1) instead of stalling CI
+    # until its timeout.
+    faulthandler.dump_traceback_later(EXIT_GRACE, exit=True)
+    gc.collect()  # the S3 filesystems the tests dropped, before S3 goes
+    finalize_s3()  # as the img1688 program does at its end
 
 
 @pytest.fixture(autouse=True)
@@ -32,6 +59,25 @@ def private_token_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_image_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Module- and session-scoped fixtures run jobs too, before any test's own cache below:
+    they get one of the session's, never the user's ``~/.cache``."""
+    path = tmp_path_factory.mktemp("xdg-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(path))
+        yield path
+
+
+@pytest.fixture(autouse=True)
+def private_image_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The image cache (offer images, downloaded photos, fingerprints) defaults to one under
+    ``$XDG_CACHE_HOME``: each test gets its own, never the user's."""
+    path = tmp_path / "xdg-cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(path))
+    return path / "img1688" / "images"
+
+
 @pytest.fixture
 def query_dir(tmp_path: Path) -> Path:
     """A private copy of the sample buyer photos (tests may add, change or delete files)."""
@@ -42,9 +88,12 @@ def query_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def write_job(tmp_path: Path) -> Callable[..., Path]:
-    """Write a job file; ``sections`` maps table name -> {key: value}."""
+    """Write a job file; ``sections`` maps table name -> {key: value}. Offer evidence is off
+    unless ``evidence`` is given: it adds seconds of image work per run that only the tests of
+    evidence are about (tests/test_catalogue_run.py, tests/test_evidence_*.py)."""
 
     def write(name: str = "job.toml", **sections: dict[str, object]) -> Path:
+        sections.setdefault("evidence", {"enabled": False})
         lines: list[str] = []
         for table, values in sections.items():
             lines.append(f"[{table}]")
@@ -107,6 +156,14 @@ async def shared_sandbox(client_catalogue: Catalogue) -> AsyncIterator[Sandbox]:
         yield await start()
 
 
+@pytest.fixture
+async def sandbox() -> AsyncIterator[Sandbox]:
+    """The sandbox gateway on loopback with its built-in catalogue and an effectively unlimited
+    rate (1000 calls a second), for a whole test."""
+    async with Sandbox(SandboxConfig(rate=Rate(1000, 1.0))) as box:
+        yield box
+
+
 # --- a whole job against the sandbox, for tests that read a finished feed -----------------
 
 
@@ -140,6 +197,7 @@ async def _run_sandbox_job(inputs: Path, out: Path, catalogue_dir: Path | None) 
                 "output": {"dir": str(out)},
                 "gateway": {"protocol": "ocean", "endpoint": box.url, "rate": "1000/1s"},
                 "engine": {"searches": 4, "flush_seconds": 0.5, "part_images": 8},
+                "evidence": {"enabled": False},
             },
             base=out.parent,
         )
@@ -178,3 +236,31 @@ def break_part_write(monkeypatch: pytest.MonkeyPatch) -> Callable[..., list[Path
         return asked
 
     return arm
+
+
+# --- object storage: a real S3-protocol server on loopback (helpers in tests/s3_kit.py) ----
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server on a free loopback port, one per session: its endpoint URL."""
+    from tests.s3_kit import s3_server
+
+    with s3_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> S3Bucket:
+    """A fresh bucket on the S3 server, and the environment a user sets to reach it
+    (``AWS_ENDPOINT_URL``, the access keys, ``AWS_REGION``, ``AWS_ALLOW_HTTP``). The default
+    state directory of an ``s3://`` feed (``$XDG_STATE_HOME/img1688/s3/...``) is the test's
+    own, under ``tmp_path/state-home``."""
+    from tests.s3_kit import aws_environment, new_bucket
+
+    for name, value in aws_environment(s3_endpoint).items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state-home"))
+    return new_bucket(s3_endpoint)

@@ -14,6 +14,8 @@ from test_parsers import JSON_LIKE
 from engine.clean import CleanResult, Offer, WholesaleFilters, parse_response
 from engine.errors import ConfigError
 from engine.parsers import PriceTier
+from engine.sandbox import formats
+from engine.sandbox.catalogue import DEFAULT_CATALOGUE, Product
 
 D = Decimal
 NO_FILTERS = WholesaleFilters()
@@ -122,6 +124,12 @@ def test_ocean_offer_with_price_tiers() -> None:
         offer_url="https://detail.1688.com/offer/610947572360.html",
         image_url="https://cbu01.alicdn.com/img/ibank/O1CN01610947572360.jpg",
         notes=(),
+        title_en="Stainless steel vacuum cup 500ml",
+        repurchase_rate=0.25,
+        seller_identities=("super_factory",),
+        one_piece_sale=True,
+        ship_in="shipIn48Hours",
+        free_shipping=True,
     )
 
 
@@ -138,10 +146,10 @@ def test_ocean_freight_variants_and_ranks() -> None:
         ocean_offer(3),
     ]
     result = parse_response("ocean", ocean_body(offers), NO_FILTERS)
-    assert [(o.item_id, o.rank, o.freight) for o in result.offers] == [
-        (1, 1, "paid"),
-        (2, 2, "unknown"),  # the real gateway has no freeShipping: unknown, and no note
-        (3, 3, "free"),
+    assert [(o.item_id, o.rank, o.freight, o.free_shipping) for o in result.offers] == [
+        (1, 1, "paid", False),
+        (2, 2, "unknown", None),  # the real gateway has no freeShipping: unknown, and no note
+        (3, 3, "free", True),
     ]
     assert all(o.notes == () and o.similarity is None for o in result.offers)
 
@@ -180,6 +188,93 @@ def test_ocean_junk_fields_are_noted_not_fatal() -> None:
         "monthly_sales",
         "image_url",
     ]
+
+
+def test_ocean_supplier_signals_from_a_sandbox_answer() -> None:
+    """The sandbox's own answer over its built-in catalogue: every supplier field read."""
+    raw = json.loads((DEFAULT_CATALOGUE / "catalogue.json").read_text(encoding="utf-8"))
+    products = [Product.from_json(entry) for entry in raw]
+    page = {"totalRecords": len(products), "totalPage": 1, "pageSize": 50, "currentPage": 1}
+    data = [formats.ocean_offer(p, "http://127.0.0.1:8688") for p in products]
+    body = formats.ocean_success({**page, "data": data}).text()
+    result = parse_response("ocean", body, NO_FILTERS)
+    assert len(result.offers) == len(products) and result.notes == ()
+    for offer, sent in zip(result.offers, data, strict=True):
+        assert offer.notes == ()
+        assert offer.title_en == sent["subjectTrans"]
+        assert offer.repurchase_rate == pytest.approx(float(sent["repurchaseRate"][:-1]) / 100)
+        assert offer.seller_identities == tuple(sent["sellerIdentities"])
+        assert offer.one_piece_sale is sent["isOnePsale"]
+        shipping = sent["productSimpleShippingInfo"]
+        assert offer.ship_in == shipping["shippingTimeGuarantee"]
+        assert offer.free_shipping is shipping["freeShipping"]
+        assert offer.image_url == f"http://127.0.0.1:8688/img/ibank/O1CN01{offer.item_id}.jpg"
+    # The built-in catalogue varies them: both badges, both kinds of sale and of shipping.
+    assert {o.seller_identities for o in result.offers} == {("super_factory",), ("tp_member",)}
+    assert {o.one_piece_sale for o in result.offers} == {True, False}
+    assert {o.free_shipping for o in result.offers} == {True, False}
+
+
+def test_ocean_supplier_signals_as_given_and_de_duplicated() -> None:
+    offer = ocean_offer(
+        9,
+        repurchaseRate="0.3",
+        sellerIdentities=["tp_member", " super_factory", "tp_member"],
+        isOnePsale="false",
+        subjectTrans="  Vacuum\tcup ",
+    )
+    cleaned = parse_response("ocean", ocean_body([offer]), NO_FILTERS).offers[0]
+    assert cleaned.notes == ()
+    assert (cleaned.repurchase_rate, cleaned.one_piece_sale, cleaned.title_en) == (
+        0.3,
+        False,
+        "Vacuum cup",
+    )
+    assert cleaned.seller_identities == ("tp_member", "super_factory")
+
+
+def test_ocean_supplier_signal_junk_is_noted_not_fatal() -> None:
+    offer = ocean_offer(
+        8,
+        subjectTrans=5,
+        repurchaseRate="high",
+        sellerIdentities={"factory": True},
+        isOnePsale="maybe",
+        productSimpleShippingInfo={"shippingTimeGuarantee": ["48h"], "freeShipping": "perhaps"},
+    )
+    cleaned = parse_response("ocean", ocean_body([offer]), NO_FILTERS).offers[0]
+    assert (cleaned.title_en, cleaned.repurchase_rate, cleaned.seller_identities) == (
+        None,
+        None,
+        (),
+    )
+    assert (cleaned.one_piece_sale, cleaned.ship_in, cleaned.free_shipping) == (None, None, None)
+    assert cleaned.freight == "unknown"
+    # One note per field; the junk freeShipping is noted once, under freight.
+    assert sorted(note.split(":")[0] for note in cleaned.notes) == [
+        "freight",
+        "one_piece_sale",
+        "repurchase_rate",
+        "seller_identities",
+        "ship_in",
+        "title_en",
+    ]
+    assert "repurchase_rate: not a rate: 'high'" in cleaned.notes
+
+
+def test_ocean_supplier_signals_absent_stay_unknown_without_notes() -> None:
+    offer = ocean_offer(7)
+    for key in ("subjectTrans", "repurchaseRate", "sellerIdentities", "isOnePsale"):
+        del offer[key]
+    offer["productSimpleShippingInfo"] = None
+    cleaned = parse_response("ocean", ocean_body([offer]), NO_FILTERS).offers[0]
+    assert cleaned.notes == ()
+    assert (cleaned.title_en, cleaned.repurchase_rate, cleaned.seller_identities) == (
+        None,
+        None,
+        (),
+    )
+    assert (cleaned.one_piece_sale, cleaned.ship_in, cleaned.free_shipping) == (None, None, None)
 
 
 def test_ocean_empty_page() -> None:
@@ -244,6 +339,18 @@ def test_seed_price_ranges_widen_the_price_range() -> None:
     offer = result.offers[0]
     assert (offer.price_min, offer.price_max) == (D("11"), D("15"))
     assert offer.price_tiers == (PriceTier(2, D("15")), PriceTier(50, D("11")))
+
+
+def test_seed_offers_carry_no_supplier_signals() -> None:
+    """The seed names none: ocean's field names in a seed item are not read, and a known
+    freight does not make free_shipping (an ocean field) known."""
+    item = seed_item(
+        3, subjectTrans="cup", repurchaseRate="23%", sellerIdentities=["x"], isOnePsale=True
+    )
+    offer = parse_response("seed", seed_body([item]), NO_FILTERS).offers[0]
+    assert offer.freight == "free"
+    assert (offer.title_en, offer.repurchase_rate, offer.seller_identities) == (None, None, ())
+    assert (offer.one_piece_sale, offer.ship_in, offer.free_shipping) == (None, None, None)
 
 
 def test_seed_single_item_not_in_a_list() -> None:
@@ -499,7 +606,7 @@ def mutated(draw: st.DrawFn, node: object) -> object:
     return node
 
 
-def check_result(result: CleanResult, filters: WholesaleFilters) -> None:
+def check_result(result: CleanResult, filters: WholesaleFilters, protocol: str) -> None:
     assert isinstance(result, CleanResult)
     assert_accounted(result)
     assert min(result.duplicates, result.unparsable, result.removed_by_price) >= 0
@@ -516,6 +623,15 @@ def check_result(result: CleanResult, filters: WholesaleFilters) -> None:
         assert offer.similarity is None or 0 <= offer.similarity <= 1
         assert offer.min_order is None or offer.min_order >= 1
         assert all(":" in note for note in offer.notes)
+        assert offer.repurchase_rate is None or 0 <= offer.repurchase_rate <= 1
+        assert len(set(offer.seller_identities)) == len(offer.seller_identities)
+        assert all(isinstance(label, str) and label for label in offer.seller_identities)
+        assert offer.one_piece_sale in (None, True, False)
+        # Ocean's freight is its freeShipping flag; the seed has no such flag.
+        flag = {"free": True, "paid": False}.get(offer.freight) if protocol == "ocean" else None
+        assert offer.free_shipping is flag
+        if protocol == "seed":
+            assert (offer.title_en, offer.repurchase_rate, offer.ship_in) == (None, None, None)
 
 
 @pytest.mark.parametrize("protocol", ["ocean", "seed"])
@@ -526,7 +642,7 @@ def test_total_on_mutated_real_bodies(
 ) -> None:
     body = data.draw(mutated(json.loads(REAL_BODIES[protocol])))
     result = parse_response(protocol, json.dumps(body, ensure_ascii=False), filters)  # type: ignore[arg-type]
-    check_result(result, filters)
+    check_result(result, filters, protocol)
 
 
 @pytest.mark.parametrize("protocol", ["ocean", "seed"])
@@ -534,7 +650,7 @@ def test_total_on_mutated_real_bodies(
 @given(raw=st.text() | st.text(alphabet='{}[]":,0123456789ntrueflsa', max_size=40))
 def test_total_on_random_text(protocol: str, raw: str) -> None:
     result = parse_response(protocol, raw, NO_FILTERS)  # type: ignore[arg-type]
-    check_result(result, NO_FILTERS)
+    check_result(result, NO_FILTERS, protocol)
 
 
 def test_unmutated_real_bodies_clean_without_notes() -> None:

@@ -1,5 +1,5 @@
 """The command line starts light: what ``--help``, ``status`` and ``sign`` import, and the
-``sandbox`` command whose parser is built only when it is used.
+``sandbox`` command whose parser is built only when it is used; and it ends S3 itself.
 
 Each check runs in a fresh interpreter, since this one has imported everything already. It
 pins which modules load, not how long they take (``bench/startup.py`` times them).
@@ -27,9 +27,9 @@ MACHINERY = ("engine.runner", "engine.sandbox", "engine.imaging", "engine.export
 # last line (stdout is the command's own).
 _RUN_AND_REPORT = """
 import json, sys
-from engine.cli import main
+from engine.cli import console
 try:
-    code = main(sys.argv[1:])
+    code = console(sys.argv[1:])
 except SystemExit as exc:  # --help exits
     code = exc.code
 loaded = sorted(
@@ -95,6 +95,29 @@ def test_sign_loads_no_machinery() -> None:
     assert code == 0
     assert len(printed.strip()) == 32  # an MD5 signature in hex
     assert loaded == []
+
+
+def test_the_program_shuts_s3_down_itself_before_the_interpreter_exits() -> None:
+    # pyarrow's own atexit handler is where the shutdown can hang (storage.finalize_s3).
+    script = (
+        "import pyarrow.fs as pafs\n"
+        "from engine.cli import console\n"
+        "def s3():\n"
+        "    return pafs.S3FileSystem(access_key='k', secret_key='s', region='us-east-1',\n"
+        "                             endpoint_override='http://127.0.0.1:9')\n"
+        "s3()  # starts the AWS SDK; makes no request\n"
+        "code = console(['sign', 'seed', '--secret', 's', 'a=1'])\n"
+        "try:\n"
+        "    s3()\n"
+        "except ValueError as exc:\n"
+        "    print(code, exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1].startswith("0 ")
+    assert "finalized" in done.stdout
 
 
 def test_the_sandbox_parser_is_built_when_used_and_is_the_commands_own(

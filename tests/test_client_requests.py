@@ -6,10 +6,11 @@ sent, tampered with after signing, or over any filters).
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from decimal import Decimal
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 import aiohttp
 import pytest
@@ -46,9 +47,22 @@ def test_filters_are_validated() -> None:
         {"price_max": Decimal("NaN")},
         {"min_order_min": -1},
         {"freight": "cheap"},
+        {"keyword": ""},
+        {"keyword": " \t"},
+        {"keyword": 3},
     ):
         with pytest.raises(ValueError):
             SearchFilters(**bad)
+
+
+def test_the_keyword_goes_in_the_ocean_query_only_when_given() -> None:
+    plain = json.loads(ocean_query_params("img-1", SearchFilters())["offerQueryParam"])
+    assert "keyword" not in plain
+    titled = SearchFilters(keyword='连衣裙 & co, 100% "silk"')
+    query = json.loads(ocean_query_params("img-1", titled)["offerQueryParam"])
+    assert query == {**plain, "keyword": '连衣裙 & co, 100% "silk"'}
+    # seed's search has no field for it: the form is the one without a keyword.
+    assert seed_search_params(JPEG, titled) == seed_search_params(JPEG, SearchFilters())
 
 
 _text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)))
@@ -96,6 +110,7 @@ price = st.decimals(min_value=0, max_value=60, places=2)
     moq=st.none() | st.integers(min_value=0, max_value=6),
     freight=st.sampled_from(["all", "free", "paid"]),
     page_size=st.integers(min_value=1, max_value=50),
+    keyword=st.none() | _text.filter(str.strip),
 )
 async def test_the_sandbox_accepts_whatever_the_client_signs(
     shared_sandbox: Sandbox,
@@ -105,9 +120,10 @@ async def test_the_sandbox_accepts_whatever_the_client_signs(
     moq: int | None,
     freight: Any,
     page_size: int,
+    keyword: str | None,
 ) -> None:
     high = None if span is None else (low or Decimal(0)) + span
-    filters = SearchFilters(low, high, moq, freight, page_size)
+    filters = SearchFilters(low, high, moq, freight, page_size, keyword)
     result = await search(shared_sandbox, protocol, filters=filters)
     found = offers(result)
     assert len(found) <= page_size
@@ -118,6 +134,28 @@ async def test_the_sandbox_accepts_whatever_the_client_signs(
             assert high is None or offer_price <= high
     elif moq is not None:
         assert all(int(o["item_id"]) % 100 + 1 >= moq for o in found)
+
+
+@pytest.mark.parametrize("keyword", [None, "Red dress 连衣裙 &=+%"])
+async def test_a_keyword_is_signed_sent_and_accepted(
+    shared_sandbox: Sandbox, keyword: str | None
+) -> None:
+    sent: list[bytes] = []
+
+    async def record(_: object, __: object, params: aiohttp.TraceRequestChunkSentParams) -> None:
+        sent.append(params.chunk)
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_chunk_sent.append(record)
+    async with aiohttp.ClientSession(trace_configs=[trace]) as session:
+        result = await search(
+            shared_sandbox, "ocean", filters=SearchFilters(keyword=keyword), session=session
+        )
+
+    assert [str(o["offerId"]) for o in offers(result)][:1] == ["700000000000"]
+    forms = [parse_qs(chunk.decode("ascii")) for chunk in sent]
+    [query] = [json.loads(f["offerQueryParam"][0]) for f in forms if "offerQueryParam" in f]
+    assert query.get("keyword") == keyword
 
 
 # --- tampering ------------------------------------------------------------------------------

@@ -13,12 +13,8 @@ every photo once, its offers once, no part file the checkpoints do not list, no 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +24,14 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from engine.feed import KINDS, MANIFEST_FILE, SUCCESS_FILE
+from engine.feed import KINDS, MANIFEST_FILE, SUCCESS_FILE, TABLES
 from engine.outcome import ExitCode
 from engine.state import run_index, snapshot
-from tests.paths import REPO, SAMPLES
+from tests.job_kit import CRASH_EXIT, Invocation, invoke
+from tests.paths import SAMPLES
+from tests.test_delta import DELTA_POINTS
+from tests.test_s3_kill_resume import S3_POINTS
 
-KIT = Path(__file__).parent / "crash_kit"
-VARIABLE = "IMG1688_CRASH_AT"
-CRASH_EXIT = 137
 KIT_REFUSED = 70
 CLEANED = "after-orphan-cleanup"
 """The kit's point right after the start-up clean-up, before anything new is written: where a
@@ -45,13 +41,6 @@ PHOTOS = ["q001.jpg", "q002.jpg", "q003.jpg", "q004.jpg", "q005.jpg", "q006.jpg"
 PART_IMAGES = 2
 """Eight photos (the seven and a copy of q005) in parts of two: four parts, so that a crash
 at the second part leaves one part registered before it and more to write after it."""
-SUBPROCESS_TIMEOUT = 300  # a hang guard only: every wait below is for the process to end
-
-
-@dataclass(frozen=True)
-class Invocation:
-    code: int
-    stderr: str
 
 
 @dataclass(frozen=True)
@@ -117,6 +106,18 @@ CASES = [
     Case("second-run-superseded-not-deleted", "superseded-not-deleted", 1, "run", True,
          orphans=True, temps=False, all_exported=True, manifest=True, success=False,
          run_state="unfinished"),
+    Case("compacted-part-written-not-renamed", "written-not-renamed", 9, "run", False,
+         orphans=False, temps=True, all_exported=True, manifest=False, success=False,
+         run_state="unfinished"),
+    Case("compacted-not-registered", "compacted-not-registered", 1, "run", False,
+         orphans=True, temps=False, all_exported=True, manifest=False, success=False,
+         run_state="unfinished"),
+    Case("compaction-registered-old-parts-not-deleted", "compaction-registered-not-deleted", 1,
+         "run", False, orphans=True, temps=False, all_exported=True, manifest=False,
+         success=False, run_state="unfinished"),
+    Case("changes-written-not-registered", "before-register", 5, "run", False,
+         orphans=True, temps=False, all_exported=True, manifest=False, success=False,
+         run_state="unfinished"),
     Case("reclean-new-parts-before-swap", "before-register", 1, "reclean", True,
          orphans=True, temps=False, all_exported=True, manifest=True, success=False,
          run_state="complete"),
@@ -127,29 +128,6 @@ CASES = [
 
 
 # -- running the engine ------------------------------------------------------------------------
-
-
-def invoke(*args: str, crash_at: str | None = None) -> Invocation:
-    """``python -m engine ARGS`` to its end; with ``crash_at``, armed by the crash kit."""
-    env = {k: v for k, v in os.environ.items() if k != VARIABLE}
-    path = [str(KIT), str(REPO)] if crash_at is not None else [str(REPO)]
-    env["PYTHONPATH"] = os.pathsep.join(path)
-    if crash_at is not None:
-        env[VARIABLE] = crash_at
-    # A file, not a pipe: the pool's workers outlive a crash for a moment, and a pipe would
-    # keep the wait open until they noticed.
-    with tempfile.TemporaryFile() as err:
-        done = subprocess.run(
-            [sys.executable, "-m", "engine", *args],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            timeout=SUBPROCESS_TIMEOUT,
-            check=False,
-        )
-        err.seek(0)
-        return Invocation(done.returncode, err.read().decode(errors="replace"))
 
 
 def command(setup: Setup, name: str, out: Path) -> list[str]:
@@ -167,10 +145,10 @@ def registered(out: Path) -> set[str]:
 
 
 def feed_files(out: Path) -> set[str]:
-    """Every file under ``matches/`` and ``images/``, temporaries included, relative."""
+    """Every file under the table folders, temporaries included, relative."""
     return {
         str(p.relative_to(out))
-        for kind in KINDS
+        for kind in TABLES
         if (out / kind).is_dir()
         for p in (out / kind).rglob("*")
         if p.is_file()
@@ -185,7 +163,7 @@ def temporaries(out: Path) -> set[str]:
 def part_temporaries(out: Path) -> set[str]:
     """Temporary part files: the start-up clean-up's to delete (a marker's temporary is
     replaced when the marker is next written)."""
-    return {p for p in temporaries(out) if p.startswith(KINDS)}
+    return {p for p in temporaries(out) if p.startswith(TABLES)}
 
 
 def identify(path: Path) -> tuple[int, int]:
@@ -227,7 +205,8 @@ def stable_rows(out: Path) -> tuple[list[tuple], list[tuple]]:
 
 
 def write_job(path: Path, photos: Path) -> Path:
-    """The job of every case: the embedded sandbox, fast, several parts; ``--out`` says where."""
+    """The job of every case: the embedded sandbox, fast, several parts, no offer evidence
+    (test_kill_resume runs with it); ``--out`` says where."""
     path.write_text(
         f"""
 [inputs]
@@ -245,6 +224,9 @@ rate = "1000/1s"
 searches = 4
 part_images = {PART_IMAGES}
 flush_seconds = 600
+
+[evidence]
+enabled = false
 """,
         encoding="utf-8",
     )
@@ -272,7 +254,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
     assert [path for path, _, _ in images] == every_photo
     assert all(status == "ok" for _, status, _ in images)
     assert len(matches) == sum(kept for _, _, kept in images) > 0
-    assert len(registered(reference)) == 2 * 4  # four parts of each table
+    # Four parts of each table, compacted into one each on completion; and the changes table.
+    assert {p.split("/")[0] for p in registered(reference)} == set(TABLES)
+    assert len(registered(reference)) == len(TABLES)
     state = snapshot(reference)
     assert state is not None
     assert state.stored_answers == len({p.read_bytes() for p in photos.rglob("*.jpg")})
@@ -409,7 +393,9 @@ def test_every_point_of_the_kit_has_a_case() -> None:
     assert done.code == KIT_REFUSED
     known = re.search(r"unknown point 'nowhere'; known: (.+)", done.stderr)
     assert known is not None, done.stderr
-    assert set(known[1].split(", ")) == {case.point for case in CASES} | {CLEANED}
+    # S3's in test_s3_kill_resume, Delta's in test_delta.
+    cases = {case.point for case in CASES} | {CLEANED} | S3_POINTS | DELTA_POINTS
+    assert set(known[1].split(", ")) == cases
 
 
 @pytest.mark.parametrize("value", ["before-manifest:0", "before-manifest:x", "before-manifest,x"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import stat
 from pathlib import Path
@@ -154,7 +155,33 @@ def test_token_store_round_trip_and_mode(tmp_path: Path) -> None:
     assert store.load("key1") == StoredToken("newer-token", REFRESH, 1_900_000_100.0)
     assert store.load("key2") is not None
     assert json.loads(store.path.read_text())["key1"]["access_token"] == "newer-token"
-    assert [p.name for p in store.path.parent.iterdir()] == ["tokens.json"]
+    # No temporary left: the store and its lock file.
+    assert sorted(p.name for p in store.path.parent.iterdir()) == [
+        ".tokens.json.lock",
+        "tokens.json",
+    ]
+
+
+def _save_apps(path: str, prefix: str, count: int) -> None:
+    store = TokenStore(Path(path))
+    for i in range(count):
+        store.save(f"{prefix}{i}", f"token-{prefix}{i}", None, None)
+
+
+def test_processes_saving_at_once_lose_no_app_s_token(tmp_path: Path) -> None:
+    """Jobs of different apps sharing one store (the default one) each read, change and
+    replace the whole file: without the store's lock, one's write drops the other's entry."""
+    path = tmp_path / "tokens.json"
+    context = multiprocessing.get_context("spawn")
+    savers = [context.Process(target=_save_apps, args=(str(path), prefix, 40)) for prefix in "abc"]
+    for saver in savers:
+        saver.start()
+    for saver in savers:
+        saver.join(timeout=120)
+        assert saver.exitcode == 0
+    assert sorted(json.loads(path.read_text())) == sorted(
+        f"{p}{i}" for p in "abc" for i in range(40)
+    )
 
 
 def test_token_store_tightens_a_wider_file(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from engine.discover import DiscoveryReport, discover
+from engine.discover import Candidate, DiscoveryReport, discover
 from engine.jobfile import Inputs
 
 
@@ -72,3 +72,12 @@ async def test_links_are_skipped_when_not_followed(tmp_path: Path) -> None:
 
     assert followed == [str(root / "x.jpg")]
     assert skipped == []
+
+
+def test_a_catalogue_photo_url_is_one_in_any_case_of_its_scheme_and_never_shown_signed() -> None:
+    for url in ("https://shop.example/a.jpg?sig=SECRET", "HTTPS://shop.example/a.jpg?sig=SECRET"):
+        photo = Candidate(url, 0, 0, sku="A-1")
+        assert photo.is_url, url
+        assert photo.source is not None and "SECRET" not in photo.source
+    on_s3 = Candidate("s3://bucket/a.jpg", 1, 1, etag='"e"')
+    assert not on_s3.is_url

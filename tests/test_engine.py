@@ -34,13 +34,6 @@ from tests.paths import SAMPLES
 FAST = Rate(1000, 1.0)
 
 
-@pytest.fixture
-async def sandbox():
-    config = SandboxConfig(rate=FAST)
-    async with Sandbox(config) as running:
-        yield running
-
-
 async def test_sample_job_completes_and_the_feed_reads_back(
     sandbox: Sandbox, query_dir: Path, tmp_path: Path
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -10,9 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine.catalogue_table import CatalogueEntry
 from engine.cli import main
 from engine.errors import ConfigError
-from engine.jobfile import SANDBOX, ApiRates, load_job, parse_job
+from engine.jobfile import SANDBOX, ApiRates, Downloads, Evidence, load_job, parse_job
 from engine.ledger import QuotaSettings
 from engine.outcome import ExitCode
 from engine.protocol import OCEAN_QUERY, OCEAN_UPLOAD, SEED_API
@@ -210,11 +212,11 @@ def test_commands_that_load_a_bad_job_exit_2_naming_the_key(
 
 KEYS = {
     "job": ["name"],
-    "inputs": ["paths", "recursive", "extensions", "exclude", "follow_symlinks"],
+    "inputs": ["paths", "recursive", "extensions", "exclude", "follow_symlinks", "catalogue"],
     "output": ["dir", "zstd_level"],
     "gateway": [
         "protocol", "endpoint", "rate", "page_size", "timeout", "attempts", "backoff_base",
-        "backoff_max",
+        "backoff_max", "send_title",
     ],
     "filters": ["price_min", "price_max", "moq_min", "moq_max", "freight"],
     "preprocess": [
@@ -225,6 +227,10 @@ KEYS = {
         "searches", "preprocess_workers", "queue_size", "part_images", "flush_seconds",
         "reuse_ttl_days", "max_consecutive_failures",
     ],
+    "evidence": [
+        "enabled", "rate", "concurrency", "timeout", "max_bytes", "rendition", "cache_dir",
+    ],
+    "downloads": ["rate", "concurrency", "timeout", "max_bytes", "attempts"],
 }  # fmt: skip
 TOML_SCALARS = (
     st.integers(min_value=0, max_value=120)
@@ -391,3 +397,243 @@ def test_bad_quota_keys_name_the_key(tmp_path: Path, gateway: dict, named: str, 
     with pytest.raises(ConfigError) as caught:
         parse_job(minimal(gateway=gateway), base=tmp_path)
     assert str(caught.value).startswith(named) and says in str(caught.value)
+
+
+# --- the catalogue table, titles, evidence and downloads ------------------------------------
+
+
+def write_table(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_catalogue_is_read_at_load_relative_to_the_job_and_may_replace_paths(
+    tmp_path: Path,
+) -> None:
+    write_table(tmp_path / "tables" / "c.csv", "sku,image,title\n000123,img/a.jpg,Red dress\n")
+    data = minimal(inputs={"catalogue": "tables/c.csv"})
+    del data["inputs"]["paths"]
+
+    job = parse_job(data, base=tmp_path)
+
+    assert job.inputs.catalogue == tmp_path / "tables" / "c.csv"
+    assert job.inputs.paths == ()
+    assert job.catalogue == (
+        CatalogueEntry("000123", str(tmp_path / "tables" / "img" / "a.jpg"), "Red dress", 2),
+    )
+    both = parse_job(minimal(inputs={"catalogue": "tables/c.csv"}), base=tmp_path)
+    assert both.inputs.paths == (tmp_path / "photos",) and len(both.catalogue) == 1
+    assert parse_job(minimal(), base=tmp_path).catalogue == ()
+    assert "000123" not in repr(job)  # a 100k-row table stays out of reprs and logs
+
+
+@pytest.mark.parametrize("inputs", [{}, {"paths": []}, {"recursive": False}])
+def test_a_job_needs_paths_or_a_catalogue(tmp_path: Path, inputs: dict) -> None:
+    data = minimal()
+    data["inputs"] = inputs
+    with pytest.raises(ConfigError) as caught:
+        parse_job(data, base=tmp_path)
+    message = str(caught.value)
+    assert message.startswith("inputs.paths:") and "inputs.catalogue" in message
+
+
+@pytest.mark.parametrize(
+    ("table", "says"),
+    [
+        ("none.csv", "none.csv: no such file"),
+        ("c.json", "must be a .csv, .tsv or .parquet file"),
+        ("c.csv", "c.csv, line 3, column image: empty"),
+    ],
+)
+def test_a_bad_catalogue_is_a_config_error_naming_the_key_the_row_and_the_column(
+    tmp_path: Path, table: str, says: str
+) -> None:
+    write_table(tmp_path / "c.csv", "sku,image\nA1,a.jpg\nA2,\n")
+    write_table(tmp_path / "c.json", "[]")
+    with pytest.raises(ConfigError) as caught:
+        parse_job(minimal(inputs={"catalogue": table}), base=tmp_path)
+    assert str(caught.value).startswith(f"inputs.catalogue: {tmp_path / table}")
+    assert says in str(caught.value)
+
+
+def test_the_table_is_read_only_once_every_key_is_valid(tmp_path: Path) -> None:
+    write_table(tmp_path / "c.csv", "sku,image\nA1,\n")
+    data = minimal(inputs={"catalogue": "c.csv"}, downloads={"attempts": 0})
+    with pytest.raises(ConfigError, match=r"^downloads\.attempts"):
+        parse_job(data, base=tmp_path)
+
+
+def test_run_refuses_a_bad_table_with_exit_2_before_writing_anything(
+    tmp_path: Path, write_job, capsys
+) -> None:
+    table = write_table(tmp_path / "c.csv", "sku,image\nA1,a.jpg\nA1,b.jpg\n")
+    job = write_job(
+        inputs={"catalogue": str(table)},
+        output={"dir": str(tmp_path / "out")},
+        gateway={"endpoint": "sandbox"},
+    )
+
+    code = main(["run", str(job)])
+
+    err = capsys.readouterr().err
+    assert code == ExitCode.CONFIG == 2
+    assert err.startswith(f"img1688: inputs.catalogue: {table}, line 3, column sku: 'A1'")
+    assert "repeats line 2" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_send_title_sends_the_title_as_the_ocean_keyword_and_keys_the_answers(
+    tmp_path: Path,
+) -> None:
+    off = parse_job(minimal(), base=tmp_path)
+    on = parse_job(minimal(gateway={"send_title": True}), base=tmp_path)
+    assert off.gateway.send_title is False and on.gateway.send_title is True
+
+    assert off.search_filters_for("Red dress").keyword is None
+    assert on.search_filters_for("Red dress") == replace(on.search_filters, keyword="Red dress")
+    assert on.search_filters_for(None).keyword is None  # a photo found by paths has no title
+    # Answers stored with titles are not reused without them, and a run does not resume
+    # under the other setting; answers stored before the key existed keep their key.
+    assert "send_title" not in off.request_key()
+    assert on.request_key() == {**off.request_key(), "send_title": True}
+    assert on.fingerprint() != off.fingerprint()
+
+    # seed has no field for a title: nothing is sent, so nothing changes.
+    seed_off = parse_job(minimal(gateway={"protocol": "seed"}), base=tmp_path)
+    seed_on = parse_job(minimal(gateway={"protocol": "seed", "send_title": True}), base=tmp_path)
+    assert seed_on.search_filters_for("Red dress").keyword is None
+    assert seed_on.request_key() == seed_off.request_key()
+
+
+def test_evidence_and_downloads_defaults(tmp_path: Path) -> None:
+    environ = {"XDG_CACHE_HOME": "/var/cache/me", "HOME": "/home/me"}
+    job = parse_job(minimal(), base=tmp_path, environ=environ)
+    assert job.evidence == Evidence(
+        cache_dir=Path("/var/cache/me/img1688/images"),
+        enabled=True,
+        rate=Rate(20, 1.0),
+        concurrency=4,
+        timeout=20.0,
+        max_bytes=10_000_000,
+        rendition=300,
+        failure_ttl_hours=24.0,
+    )
+    assert job.downloads == Downloads(
+        rate=Rate(10, 1.0), concurrency=4, timeout=30.0, max_bytes=50_000_000, attempts=3
+    )
+
+
+@pytest.mark.parametrize(
+    ("environ", "cache"),
+    [
+        ({"HOME": "/home/me"}, "/home/me/.cache/img1688/images"),
+        ({"HOME": "/home/me", "XDG_CACHE_HOME": ""}, "/home/me/.cache/img1688/images"),
+        ({"HOME": "/home/me", "XDG_CACHE_HOME": "rel/cache"}, "/home/me/.cache/img1688/images"),
+    ],
+)
+def test_the_default_cache_follows_xdg_else_the_home(
+    tmp_path: Path, environ: dict, cache: str
+) -> None:
+    job = parse_job(minimal(), base=tmp_path, environ=environ)
+    assert job.evidence.cache_dir == Path(cache)
+
+
+def test_evidence_and_downloads_keys_are_read(tmp_path: Path) -> None:
+    job = parse_job(
+        minimal(
+            evidence={
+                "enabled": False,
+                "rate": "5/2s",
+                "concurrency": 2,
+                "timeout": 3,
+                "max_bytes": 2000,
+                "rendition": 0,
+                "cache_dir": "cache/images",
+                "failure_ttl_hours": 0,
+            },
+            downloads={
+                "rate": "3/1m",
+                "concurrency": 8,
+                "timeout": 7.5,
+                "max_bytes": 1000,
+                "attempts": 1,
+            },
+        ),
+        base=tmp_path,
+        environ={},  # no home: not needed when the cache is given
+    )
+    assert job.evidence == Evidence(
+        tmp_path / "cache" / "images", False, Rate(5, 2.0), 2, 3.0, 2000, 0, 0.0
+    )
+    assert job.downloads == Downloads(Rate(3, 60.0), 8, 7.5, 1000, 1)
+
+
+def test_the_fingerprint_follows_what_changes_the_evidence_columns_only(tmp_path: Path) -> None:
+    def fingerprint(**evidence: object) -> dict[str, object]:
+        return parse_job(minimal(evidence=evidence), base=tmp_path).fingerprint()
+
+    base = fingerprint()
+    for same in (
+        {"rate": "1/1s"},
+        {"concurrency": 9},
+        {"timeout": 1},
+        {"max_bytes": 5},
+        {"cache_dir": "elsewhere"},
+        {"rendition": 300},
+        {"failure_ttl_hours": 1},
+    ):
+        assert fingerprint(**same) == base, same
+    assert fingerprint(rendition=0) != base
+    assert fingerprint(enabled=False) != base
+    # Without evidence, the rendition asked for changes nothing.
+    assert fingerprint(enabled=False, rendition=64) == fingerprint(enabled=False)
+    downloads = parse_job(minimal(downloads={"attempts": 9, "rate": "1/1s"}), base=tmp_path)
+    assert downloads.fingerprint() == base
+    assert downloads.request_key() == parse_job(minimal(), base=tmp_path).request_key()
+
+
+@pytest.mark.parametrize(
+    ("sections", "named", "says"),
+    [
+        ({"inputs": {"catalogue": 3}}, "inputs.catalogue", "a string"),
+        ({"inputs": {"catalogue": " "}}, "inputs.catalogue", "a path"),
+        ({"gateway": {"send_title": "yes"}}, "gateway.send_title", "true or false"),
+        ({"evidence": {"enabled": 1}}, "evidence.enabled", "true or false"),
+        ({"evidence": {"rate": "fast"}}, "evidence.rate", "N/SECONDSs"),
+        ({"evidence": {"rate": "0/1s"}}, "evidence.rate", "at least 1 call"),
+        ({"evidence": {"concurrency": 0}}, "evidence.concurrency", "between 1 and 256"),
+        ({"evidence": {"timeout": 0}}, "evidence.timeout", "positive"),
+        ({"evidence": {"timeout": float("inf")}}, "evidence.timeout", "finite"),
+        ({"evidence": {"max_bytes": 0}}, "evidence.max_bytes", "between"),
+        ({"evidence": {"rendition": 10}}, "evidence.rendition", "0 (the original) or between"),
+        ({"evidence": {"rendition": 10_001}}, "evidence.rendition", "0 (the original) or"),
+        ({"evidence": {"rendition": 300.0}}, "evidence.rendition", "an integer"),
+        ({"evidence": {"cache_dir": ""}}, "evidence.cache_dir", "a path"),
+        ({"evidence": {"failure_ttl_hours": -1}}, "evidence.failure_ttl_hours", "between 0 and"),
+        ({"evidence": {"colour": "red"}}, "evidence.colour", "unknown key"),
+        ({"downloads": {"rate": "10/0s"}}, "downloads.rate", "positive period"),
+        ({"downloads": {"concurrency": 257}}, "downloads.concurrency", "between 1 and 256"),
+        ({"downloads": {"timeout": -1}}, "downloads.timeout", "positive"),
+        ({"downloads": {"max_bytes": True}}, "downloads.max_bytes", "an integer"),
+        ({"downloads": {"attempts": 101}}, "downloads.attempts", "between 1 and 100"),
+        ({"downloads": {"retries": 3}}, "downloads.retries", "unknown key"),
+    ],
+)
+def test_bad_catalogue_evidence_and_download_keys_name_the_key(
+    tmp_path: Path, sections: dict, named: str, says: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_job(minimal(**sections), base=tmp_path)
+    assert str(caught.value).startswith(f"{named}:") and says in str(caught.value)
+
+
+@pytest.mark.parametrize("table", ["evidence", "downloads"])
+def test_evidence_and_downloads_must_be_tables(tmp_path: Path, table: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{table}: expected a table"):
+        parse_job({**minimal(), table: "on"}, base=tmp_path)
+
+
+def test_no_home_for_the_default_cache_names_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^evidence\.cache_dir: no home directory"):
+        parse_job(minimal(), base=tmp_path, environ={"HOME": "relative"})

@@ -103,7 +103,11 @@ def test_completing_replaces_an_earlier_run_of_the_same_day_and_publishes_last(
 
     complete_run(state, feed, run, manifest)
 
-    assert seen == {"parts": sorted([yesterday.name, mine.name]), "success_before": False}
+    changes = feed.part_name(run.run_id, 2)  # the run's changes table (engine.changes)
+    assert seen == {
+        "parts": sorted([yesterday.name, mine.name, changes]),
+        "success_before": False,
+    }
     assert not feed.part_path("images", earlier.run_date, earlier.name).exists()
     assert (state.out / SUCCESS_FILE).exists()
     assert (state.out / MANIFEST_FILE).exists()
@@ -124,7 +128,8 @@ def shard_feed(state: StateStore) -> Feed:
 
 
 def finish(state: StateStore, run_id: str, seqs: range) -> list[PartRecord]:
-    """A completed run of ``state``'s shard today, with registered parts ``seqs``."""
+    """A completed run of ``state``'s shard today, written as parts ``seqs``; returns the parts
+    registered once it completed (compacted)."""
     feed = shard_feed(state)
     run = state.start_run(run_id, f"{utc_now():%Y-%m-%d}", "{}")
     parts = [
@@ -134,7 +139,7 @@ def finish(state: StateStore, run_id: str, seqs: range) -> list[PartRecord]:
     ]
     state.exported(parts, [])
     complete_run(state, feed, run, lambda: {"run_id": run_id, "run_date": run.run_date})
-    return parts
+    return state.parts(run_id)
 
 
 def test_shard_0_starting_resuming_completing_or_fresh_never_deletes_shard_1s_parts(
@@ -202,3 +207,15 @@ def test_an_output_directory_split_another_way_is_refused(
             open_run(state, Feed(out, shard=shard), job_for(out), fresh=True)
         assert found in str(refused.value) and "another --out" in str(refused.value)
         assert state.latest_run() is not None  # refused before --fresh forgot anything
+
+
+def test_a_fresh_start_cut_short_after_forgetting_the_runs_still_clears_their_parts(
+    state: StateStore, feed: Feed
+) -> None:
+    old = open_run(state, feed, job_for(state.out), fresh=False)
+    part = feed.write_part("images", old.run_id, old.run_date, 1, pa.table({"x": [1]}))
+    state.exported([part], [])
+    state.forget_runs()  # `--fresh`, killed before feed.clear() deleted anything
+    new = open_run(state, feed, job_for(state.out), fresh=False)
+    assert new.run_id != old.run_id
+    assert not Path(feed.part_path("images", old.run_date, part.name)).exists()

@@ -15,12 +15,15 @@ from engine.parsers import (
     Parsed,
     PriceTier,
     brief,
+    parse_bool,
     parse_freight,
     parse_int,
+    parse_labels,
     parse_location,
     parse_min_order,
     parse_price_range,
     parse_price_tiers,
+    parse_repurchase_rate,
     parse_similarity,
     parse_text,
     parse_url,
@@ -207,6 +210,126 @@ def test_parse_similarity_absent() -> None:
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
+        ("23%", 0.23),  # how ocean writes repurchaseRate
+        ("7.5%", 0.075),
+        (" 23 % ", 0.23),
+        ("０%", 0.0),  # full-width digit
+        ("100%", 1.0),
+        ("0.23", 0.23),
+        (0.23, 0.23),
+        (23, 0.23),
+        ("23", 0.23),
+        (1, 1.0),
+        (0, 0.0),
+    ],
+)
+def test_parse_repurchase_rate_formats(raw: object, expected: float) -> None:
+    assert parse_repurchase_rate(raw) == Parsed(expected)
+
+
+@pytest.mark.parametrize(
+    ("raw", "note"),
+    [
+        ("n/a", "not a rate: 'n/a'"),
+        ("-5%", "not a rate: '-5%'"),
+        ("150%", "out of range: '150%'"),
+        (101, "out of range: 101"),
+        (float("nan"), "not finite: nan"),
+        (True, "not a rate: True"),
+        (["23%"], "not a rate: ['23%']"),
+        ({"rate": "23%"}, "not a rate: {'rate': '23%'}"),
+    ],
+)
+def test_parse_repurchase_rate_rejects_with_a_note(raw: object, note: str) -> None:
+    assert parse_repurchase_rate(raw) == Parsed(None, note)
+
+
+def test_parse_repurchase_rate_absent() -> None:
+    assert parse_repurchase_rate(None) == Parsed(None)
+    assert parse_repurchase_rate("  ") == Parsed(None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    tenths=st.integers(0, 1000),
+    spacing=st.sampled_from(["", " "]),
+    fmt=st.sampled_from(["{}%", "{}％"]),
+)
+def test_a_written_percentage_is_its_hundredth(tenths: int, spacing: str, fmt: str) -> None:
+    """Any percentage from 0 to 100 (to a tenth), as a gateway writes it, reads as p / 100."""
+    percent = D(tenths) / 10
+    text = fmt.format(f"{percent}{spacing}")
+    assert parse_repurchase_rate(text) == Parsed(float(percent / 100))
+
+
+@settings(max_examples=200, deadline=None)
+@given(share=st.floats(0.0, 1.0))
+def test_a_fraction_reads_as_itself(share: float) -> None:
+    assert parse_repurchase_rate(share) == Parsed(share)
+
+
+@settings(max_examples=200, deadline=None)
+@given(share=st.decimals(0, 1, places=4))
+def test_a_written_fraction_reads_as_itself(share: Decimal) -> None:
+    assert parse_repurchase_rate(f"{share:f}") == Parsed(float(share))
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (True, True),
+        (False, False),
+        (1, True),
+        (0, False),
+        (1.0, True),
+        ("true", True),
+        ("FALSE", False),
+        (" Yes ", True),
+        ("n", False),
+        ("1", True),
+        ("0", False),
+        (None, None),
+        ("", None),
+    ],
+)
+def test_parse_bool_formats(raw: object, expected: bool | None) -> None:
+    assert parse_bool(raw) == Parsed(expected)
+
+
+@pytest.mark.parametrize("raw", ["maybe", 2, -1, 0.5, [], {}, "是否"])
+def test_parse_bool_rejects_with_a_note(raw: object) -> None:
+    parsed = parse_bool(raw)
+    assert parsed.value is None
+    assert parsed.note and parsed.note.startswith("not a yes/no flag: ")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (["super_factory", "tp_member"], ("super_factory", "tp_member")),
+        (["tp_member", "super_factory", "tp_member"], ("tp_member", "super_factory")),
+        ([" super_factory "], ("super_factory",)),
+        ("super_factory", ("super_factory",)),
+        ([], ()),
+        (None, ()),
+        ("", ()),
+    ],
+)
+def test_parse_labels_formats(raw: object, expected: tuple[str, ...]) -> None:
+    assert parse_labels(raw) == Parsed(expected)
+
+
+def test_parse_labels_keeps_usable_labels_and_notes_the_rest() -> None:
+    assert parse_labels(["factory", 3, " ", None, "factory", "tp"]) == Parsed(
+        ("factory", "tp"), "not text: 3; blank label: ' '; blank label: None"
+    )
+    assert parse_labels({"factory": True}) == Parsed((), "not a list of labels: {'factory': True}")
+    assert parse_labels(5) == Parsed((), "not a list of labels: 5")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
         ("free", "free"),
         ("FREE", "free"),
         ("paid", "paid"),
@@ -363,6 +486,9 @@ PARSERS: dict[str, Callable[[object], Parsed[object]]] = {
     "price_tiers": parse_price_tiers,
     "min_order": parse_min_order,
     "similarity": parse_similarity,
+    "repurchase_rate": parse_repurchase_rate,
+    "bool": parse_bool,
+    "labels": parse_labels,
     "freight": parse_freight,
     "location": parse_location,
     "text": parse_text,
@@ -376,6 +502,11 @@ def _check_invariants(name: str, parsed: Parsed[object]) -> None:
     value = parsed.value
     if name == "freight":
         assert value in ("free", "paid", "unknown")
+    if name == "labels":
+        assert isinstance(value, tuple) and len(value) == len(set(value))
+        assert all(isinstance(label, str) and label and label == label.strip() for label in value)
+        for label in value:
+            label.encode("utf-8")
     if value is None:
         return
     if name == "int":
@@ -393,8 +524,10 @@ def _check_invariants(name: str, parsed: Parsed[object]) -> None:
         quantity, unit = value  # type: ignore[misc]
         assert 1 <= quantity <= INT64_MAX
         assert unit is None or (isinstance(unit, str) and unit)
-    elif name == "similarity":
+    elif name in ("similarity", "repurchase_rate"):
         assert isinstance(value, float) and 0.0 <= value <= 1.0
+    elif name == "bool":
+        assert isinstance(value, bool)
     elif name == "location":
         assert value != (None, None)
         assert all(part is None or (isinstance(part, str) and part) for part in value)  # type: ignore[attr-defined]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 
@@ -43,6 +44,12 @@ def test_a_terminal_gets_a_bar_rewritten_in_place_and_logs_get_lines(
     assert terminal.getvalue().startswith("\r\x1b[2K[##########----------] done 2")
     assert "done 2 | failed 0 | pending 2" in caplog.text
     assert "[#" not in caplog.text
+
+
+def test_by_default_the_bar_goes_to_stderr_as_it_is_when_the_run_starts() -> None:
+    with contextlib.redirect_stderr(FakeTerminal()) as terminal:
+        Progress(Counters(discovered=2, exported_ok=1), CallGate(Rate(10, 60.0))).show()
+    assert terminal.getvalue().startswith("\r\x1b[2K[##########----------] done 1")
 
 
 async def test_the_window_use_of_several_apps_adds_up() -> None:

@@ -6,6 +6,8 @@ import asyncio
 import itertools
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from engine.ratelimit import (
     AppGates,
@@ -33,10 +35,28 @@ def test_rates_parse(text: str, rate: Rate) -> None:
     assert Rate.parse(text) == rate
 
 
-@pytest.mark.parametrize("text", ["", "10", "ten/60s", "10/", "0/60s", "10/0s", "10/-1s"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        *("", "10", "ten/60s", "10/", "0/60s", "10/0s", "10/-1s", "10/60s/2"),
+        # Units other than s and m are errors, never read as seconds.
+        *("10/60ms", "10/5mm", "10/1sm", "10/60h", "10/1 minute"),
+        *("10/inf", "10/nan", "10/1e400s", "1_0/60s", "+10/60s", "\u0661\u0660/60s"),
+    ],
+)
 def test_bad_rates_say_what_is_expected(text: str) -> None:
     with pytest.raises(ValueError, match=r"10/60s|at least 1 call"):
         Rate.parse(text)
+
+
+@given(
+    st.integers(min_value=1, max_value=10**9),
+    st.floats(min_value=1e-6, max_value=1e12, allow_nan=False, allow_infinity=False),
+)
+def test_a_rate_reads_back_from_what_it_prints(calls: int, period: float) -> None:
+    rate = Rate.parse(str(Rate(calls, period)))
+    assert rate.calls == calls
+    assert rate.period == pytest.approx(period, rel=1e-5)  # printed with 6 significant digits
 
 
 async def admit(

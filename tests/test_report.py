@@ -27,6 +27,7 @@ from PIL import Image
 
 from engine.cli import main
 from engine.feedread import find_run
+from engine.imagecache import ImageCache
 from engine.report import (
     MAX_BARS,
     THUMBNAIL_SIDE,
@@ -37,6 +38,7 @@ from engine.report import (
     RunFacts,
     Thumbnail,
     gather,
+    offer_thumbnails,
     parse_rate,
     quota_use,
     thumbnails,
@@ -220,6 +222,81 @@ async def test_a_thumbnail_says_why_it_is_missing_or_that_the_file_changed(
     assert changed[str(photo)].note == "the file has changed since the run"
 
 
+def jpeg_of(colour: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (120, 90), colour).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def colour_of(thumbnail: Thumbnail) -> tuple[int, ...]:
+    assert thumbnail.jpeg is not None, thumbnail.note
+    return Image.open(io.BytesIO(thumbnail.jpeg)).convert("RGB").getpixel((5, 5))
+
+
+def near(colour: tuple[int, ...], expected: tuple[int, int, int]) -> bool:
+    return all(abs(a - b) <= 12 for a, b in zip(colour, expected, strict=True))
+
+
+async def test_photos_not_on_this_disk_or_changed_are_shown_from_the_image_cache(
+    tmp_path: Path,
+) -> None:
+    red, green, blue = (200, 30, 30), (30, 200, 30), (30, 30, 200)
+    web, sent = jpeg_of(red), jpeg_of(green)
+    web_sha = hashlib.sha256(web).hexdigest()
+    local = tmp_path / "photo.jpg"
+    local.write_bytes(jpeg_of(blue))  # changed since the run: it was searched as `sent`
+    searched_sha = "5e" * 32
+    with ImageCache(tmp_path / "cache") as cache:
+        cache.put(web)  # a web photo's download
+        cache.keep_sent(searched_sha, sent)
+        made = await thumbnails(
+            [
+                ("https://shop.example/a.jpg", web_sha),
+                ("s3://photos/b.jpg", "0" * 64),  # never in this cache
+                (str(local), searched_sha),
+                (str(tmp_path / "moved.jpg"), searched_sha),
+            ],
+            cache,
+        )
+    assert near(colour_of(made["https://shop.example/a.jpg"]), red)
+    assert made["https://shop.example/a.jpg"].note is None
+    assert made["s3://photos/b.jpg"] == Thumbnail(
+        None, "no preview: the photo is not in the image cache"
+    )
+    assert near(colour_of(made[str(local)]), green)
+    assert made[str(local)].note == "the file has changed since the run; shown as it was searched"
+    assert near(colour_of(made[str(tmp_path / "moved.jpg")]), green)
+    assert made[str(tmp_path / "moved.jpg")].note == (
+        "gone or unreadable since the run; shown as it was searched"
+    )
+
+
+async def test_a_damaged_or_unreadable_cached_image_costs_only_its_own_preview(
+    tmp_path: Path,
+) -> None:
+    good, bad, odd = jpeg_of((200, 30, 30)), jpeg_of((30, 200, 30)), jpeg_of((30, 30, 200))
+    with ImageCache(tmp_path / "cache") as cache:
+        shas = [cache.put(data) for data in (good, bad, odd)]
+        damaged = cache.path(shas[1])
+        assert damaged is not None
+        damaged.write_bytes(good)  # its bytes no longer match its name
+        unreadable = cache.path(shas[2])
+        assert unreadable is not None
+        unreadable.unlink()
+        unreadable.mkdir()  # a folder where the blob was
+        made = await thumbnails(
+            [(f"https://shop.example/{n}.jpg", sha) for n, sha in enumerate(shas)], cache
+        )
+        pictures = await offer_thumbnails([*shas, "not a sha"], cache)
+    assert made["https://shop.example/0.jpg"].jpeg is not None
+    assert made["https://shop.example/1.jpg"] == Thumbnail(
+        None, "no preview: its copy in the image cache is damaged"
+    )
+    assert made["https://shop.example/2.jpg"].jpeg is None
+    assert (made["https://shop.example/2.jpg"].note or "").startswith("no preview: ")
+    assert list(pictures) == [shas[0]]
+
+
 # -- the command line ----------------------------------------------------------------------
 
 
@@ -233,6 +310,21 @@ def test_the_command_writes_OUT_report_html_and_prints_its_path(
     photos = payload((runs.first_out / "report.html").read_text(encoding="utf-8"))["photos"]
     assert photos
     assert max(len(p.get("offers", [])) for p in photos) == 1
+
+
+def test_offer_images_are_embedded_once_each_unless_left_out(runs: Runs, tmp_path: Path) -> None:
+    with_images, without = tmp_path / "with.html", tmp_path / "without.html"
+    assert main(["report", str(runs.first_out), "--out", str(with_images)]) == 0
+    assert main(["report", str(runs.first_out), "--out", str(without), "--no-offer-images"]) == 0
+
+    full = payload(with_images.read_text(encoding="utf-8"))
+    named = [o["img"] for p in full["photos"] for o in p.get("offers", []) if "img" in o]
+    assert named and sorted(set(named)) == list(range(len(full["images"])))
+    assert all(uri.startswith("data:image/jpeg;base64,") for uri in full["images"])
+    lean = payload(without.read_text(encoding="utf-8"))
+    assert lean["images"] == []
+    assert not any("img" in o for p in lean["photos"] for o in p.get("offers", []))
+    assert without.stat().st_size < with_images.stat().st_size
 
 
 def test_a_run_whose_rows_a_later_run_replaced_is_exit_2(
@@ -396,6 +488,7 @@ def test_only_present_optional_fields_are_sent() -> None:
         ("10/60s per app, 2 apps", RateLimit(20, 60.0, "10/60s per app, 2 apps")),
         ("upload 10/60s, query 10/60s", RateLimit(20, 60.0, "upload 10/60s, query 10/60s")),
         ("10/1m", RateLimit(10, 60.0, "10/1m")),
+        ("10/1e+06s per app, 2 apps", RateLimit(20, 1e6, "10/1e+06s per app, 2 apps")),
         ("upload 10/60s, query 5/30s", None),
         ("", None),
         (None, None),
@@ -543,7 +636,14 @@ def test_in_a_browser_every_photo_has_a_card_and_every_image_decodes(
     assert not any(c.hidden for c in dom.cards)
     assert dom.check is not None, "the page's check did not finish"
     assert dom.check["broken"] == []
-    assert dom.check["images"] == dom.check["decoded"] == len(images)  # a thumbnail each
+    # A thumbnail each, and the image of each offer shown whose evidence was judged.
+    judged = [
+        row
+        for row in feed_rows(runs.first_out, "matches", runs.first)
+        if row["rank"] <= 5 and row["offer_image_sha256"]
+    ]
+    assert judged
+    assert dom.check["images"] == dom.check["decoded"] == len(images) + len(judged)
     assert all(i["src"] and i["src"].startswith("data:image/") for c in dom.cards for i in c.images)
     for row in images:
         (card,) = (c for c in dom.cards if c.photo == row["query_path"])
@@ -572,6 +672,63 @@ def test_in_a_browser_failed_only_hides_the_other_cards(runs: Runs, tmp_path: Pa
         dom.count
         == f"Showing {len(failed)} of {len(failed)} matching photos ({len(images)} in all)"
     )
+
+
+@needs_browser
+def test_in_a_browser_each_offer_shows_the_image_it_was_judged_on(tmp_path: Path) -> None:
+    factory, gone = "fa" * 32, "90" * 32  # resellers share the first; the second is not cached
+    picture = jpeg_of((200, 30, 30))
+    report = made_up(
+        [
+            photo(
+                "/photos/a.jpg",
+                offers=(
+                    offer(1, image_sha256=factory),
+                    offer(2, image_sha256=factory),
+                    offer(3, image_sha256=gone),
+                ),
+            )
+        ],
+        columns=frozenset({"offer_image_sha256"}),
+        offer_images={factory: picture},
+    )
+    page = tmp_path / "report.html"
+    markup = render_report(report)
+    assert markup.count(base64.b64encode(picture).decode()) == 1  # sent once, shown twice
+    page.write_text(markup, encoding="utf-8")
+
+    dom = open_in_chromium(page, "#check", tmp_path / "profile")
+
+    (card,) = dom.cards
+    shown = [image for image in card.images if image.get("alt") == "the offer's image"]
+    assert len(shown) == 2
+    assert dom.check == {"images": 3, "decoded": 3, "broken": []}  # the photo's and two offers'
+    assert "Image" in card.text  # the column's heading
+    # None to show (--no-offer-images, or none cached): no column of empty cells.
+    page.write_text(render_report(replace(report, offer_images={})), encoding="utf-8")
+    (lean,) = open_in_chromium(page, "#check", tmp_path / "profile").cards
+    assert len(lean.images) == 1 and "Image" not in lean.text
+
+
+@needs_browser
+def test_in_a_browser_the_check_names_the_photo_whose_image_does_not_decode(
+    tmp_path: Path,
+) -> None:
+    good, bad = "fa" * 32, "0b" * 32
+    report = made_up(
+        [
+            photo("/photos/a.jpg", offers=(offer(1, image_sha256=good),)),
+            photo("/photos/b.jpg", offers=(offer(1, image_sha256=bad),)),
+        ],
+        columns=frozenset({"offer_image_sha256"}),
+        offer_images={good: jpeg_of((200, 30, 30)), bad: b"\xff\xd8\xff not a JPEG after all"},
+    )
+    page = tmp_path / "report.html"
+    page.write_text(render_report(report), encoding="utf-8")
+
+    dom = open_in_chromium(page, "#check", tmp_path / "profile")
+
+    assert dom.check == {"images": 4, "decoded": 3, "broken": ["/photos/b.jpg"]}
 
 
 @needs_browser

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from engine.discover import Candidate
+from engine.errors import StorageError
 from engine.jobfile import Job
 from engine.outcome import ExitCode
 from engine.preprocess import PreparedImage, prepare_image
@@ -16,7 +20,7 @@ from engine.ratelimit import Rate
 from engine.reuse import AnswerReuse
 from engine.runner import run_job
 from engine.sandbox import Sandbox, SandboxConfig
-from engine.state import STATE_FILE, NewAnswer, Run, StateStore
+from engine.state import STATE_FILE, NewAnswer, PartRecord, Pruned, Run, StateStore
 from tests.job_kit import creds, image_files, make_job, read_table
 
 KEY = '{"page_size":20}'
@@ -97,6 +101,35 @@ def test_another_request_key_is_never_reused(state: StateStore) -> None:
     assert not reuse.reuse_unchanged(Candidate(Path("/p/a.jpg"), 100, 7))
 
 
+def test_a_completed_run_keeps_its_records_the_answers_it_used_and_those_still_fresh(
+    state: StateStore,
+) -> None:
+    state.start_run("old", "2026-11-12", "{}")
+    unused = search(state, "old", "/p/gone.jpg", "s0", age_days=20)
+    used = search(state, "old", "/p/a.jpg", "s1", age_days=20)
+    fresh = search(state, "old", "/p/b.jpg", "s2", age_days=3)
+    part = PartRecord("run_date=2026-11-12/part-0.parquet", "old", "matches", "2026-11-12", 20)
+    state.exported([part], [("old", "/p/gone.jpg")], clusters={"f" * 64: "c1"})
+    assert state.clusters("old") == {"f" * 64: "c1"}
+    state.complete_run("old")
+    run = current_run(state)
+    state.discovered(run.run_id, "/p/a.jpg", 100, 7)
+    state.reused(run.run_id, "/p/a.jpg", used)  # an answer older than the TTL, reused all the same
+    state.complete_run(run.run_id)
+
+    assert state.prune(run.run_id, NOW - timedelta(days=7)) == (3, 1)
+
+    remaining = {row[0] for row in state.db.execute("SELECT id FROM responses")}
+    assert remaining == {used, fresh} and unused not in remaining
+    assert state.response(used).sha256 == "s1"  # what reclean of this run reads
+    assert state.image(run.run_id, "/p/a.jpg") is not None
+    assert all(state.image("old", f"/p/{name}.jpg") is None for name in ("gone", "a", "b"))
+    assert state.clusters("old") == {}
+    assert [r.run_id for r in state.runs()] == ["old", run.run_id]  # the runs themselves stay
+    assert state.parts("old") == [part]  # and their parts: the feed's index
+    assert state.prune(run.run_id, NOW - timedelta(days=7)) == (0, 0)
+
+
 # --- end to end: the sandbox on loopback, the real checkpoint database, the feed read back ---
 
 
@@ -138,6 +171,15 @@ async def test_a_stored_answer_older_than_the_ttl_is_searched_again_end_to_end(
         if row["run_id"] == second.run_id
     }
     assert (rows[str(stale)]["reused"], rows[str(stale)]["calls"]) == (False, 2)
+    # The stale answer, which no later run can reuse, is gone from the checkpoints, and so are
+    # the first run's records; the answers the second run used (its new one for the stale
+    # photo) are kept.
+    with sqlite3.connect(out / STATE_FILE) as db:
+        stored = [when for (when,) in db.execute("SELECT searched_at FROM responses")]
+        record_runs = {run_id for (run_id,) in db.execute("SELECT run_id FROM images")}
+    db.close()
+    assert len(stored) == 3 and eight_days_ago not in stored
+    assert record_runs == {second.run_id}
     assert all(rows[str(path)]["reused"] and rows[str(path)]["calls"] == 0 for path in fresh)
 
 
@@ -146,3 +188,28 @@ def uploaded_sha256(path: Path, job: Job) -> str:
     prepared = prepare_image(path, job.preprocess)
     assert isinstance(prepared, PreparedImage)
     return hashlib.sha256(prepared.jpeg).hexdigest()
+
+
+async def test_a_completed_run_whose_housekeeping_fails_is_still_complete(
+    sandbox: Sandbox,
+    query_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def disk_full(self: StateStore, keep_run: str, answers_before: datetime) -> Pruned:
+        raise StorageError("checkpoint database write failed: database or disk is full")
+
+    monkeypatch.setattr(StateStore, "prune", disk_full)
+    photos = tmp_path / "one"
+    photos.mkdir()
+    shutil.copy(sorted(query_dir.glob("q0*.jpg"))[0], photos / "a.jpg")
+    job = make_job(photos, tmp_path / "out", sandbox.url)
+    with caplog.at_level(logging.WARNING, logger="engine.runner"):
+        outcome = await run_job(job, credentials=creds(sandbox.config))
+
+    assert outcome.exit_code == ExitCode.OK, outcome.message
+    assert "checkpoints not pruned until the next completed run" in caplog.text
+    with StateStore(tmp_path / "out") as state:
+        latest = state.latest_run()
+    assert latest is not None and latest.completed_at is not None

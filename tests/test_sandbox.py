@@ -273,7 +273,7 @@ async def test_ocean_search_ranks_the_true_product_first(open_sandbox, catalogue
         oid, _, _, price, tiers, moq, freight = PRODUCTS[index]
         assert offer["offerId"] == oid
         assert "similarity" not in offer
-        assert offer["imageUrl"] == f"https://cbu01.alicdn.com/img/ibank/O1CN01{oid}.jpg"
+        assert offer["imageUrl"] == f"{wire.sandbox.url}/img/ibank/O1CN01{oid}.jpg"
         lowest = min([price, *(p for _, p in tiers)], key=float)
         assert offer["priceInfo"]["price"] == lowest
         assert float(offer["priceInfo"]["consignPrice"]) > float(lowest)
@@ -326,7 +326,8 @@ async def test_seed_search_ranks_true_product_first_in_varied_formats(open_sandb
     ]
     assert styles[3]["price"] == 55.0 and styles[3]["min_order_quantity"] == "5个起批"
     top = next(i for i in items if int(i["item_id"]) == PRODUCTS[0][0])
-    assert top["freight_type"] == "free" and top["pic_url"].endswith(f"{PRODUCTS[0][0]}.jpg")
+    assert top["freight_type"] == "free"
+    assert top["pic_url"] == f"{wire.sandbox.url}/img/ibank/O1CN01{PRODUCTS[0][0]}.jpg"
 
 
 async def test_seed_filters_price_moq_and_freight(open_sandbox, catalogue_dir):
@@ -690,6 +691,9 @@ def test_command_serves_until_interrupted(catalogue_dir):
                 proc.kill()
     assert proc.returncode == 0, err
     assert "  app secret    sandbox-secret\n" in lines
+    assert (
+        f"  offer images  GET  {url}/img/ibank/O1CN01<offerId>.jpg (or ..._<W>x<H>.jpg)\n" in lines
+    )
     assert out == "sandbox stopped\n"
     assert "Traceback" not in err
 

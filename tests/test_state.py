@@ -517,3 +517,43 @@ def test_run_call_times_reads_the_named_shards_checkpoints(tmp_path: Path) -> No
         state.record_calls(RUN, 1, [CallEntry(at, None)])
     assert run_call_times(tmp_path, RUN, Shard(1, 2)) == [at]
     assert run_call_times(tmp_path, RUN) == []  # no unsharded state.sqlite here
+
+
+def test_a_catalogue_row_keeps_its_image_sku_and_title_and_names_the_photo_by_its_image(
+    store: StateStore,
+) -> None:
+    store.discovered(RUN, "sku:A-1", 10, 3, source="https://cdn/x.jpg", sku="A-1", title="Cup")
+    row = store.image(RUN, "sku:A-1")
+    assert row is not None
+    assert (row.source, row.sku, row.title, row.query_path) == (
+        "https://cdn/x.jpg",
+        "A-1",
+        "Cup",
+        "https://cdn/x.jpg",
+    )
+    plain = store.image(RUN, "a.jpg")
+    assert plain is not None and (plain.sku, plain.query_path) == (None, "a.jpg")
+
+
+def test_clusters_are_registered_with_the_parts_that_name_them(store: StateStore) -> None:
+    store.exported([part("part-x-000001.parquet")], [(RUN, "a.jpg")], clusters={"f1": "c1"})
+    store.exported([part("part-x-000002.parquet")], [(RUN, "b.jpg")], clusters={"f2": "c1"})
+    assert store.clusters(RUN) == {"f1": "c1", "f2": "c1"}
+    assert store.clusters(OTHER) == {}
+
+
+def test_a_database_from_before_the_catalogue_gains_its_columns_and_keeps_its_rows(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    with StateStore(out) as state:
+        state.start_run(RUN, "2026-12-02", "{}")
+        state.discovered(RUN, "a.jpg", 1, 2)
+        for column in ("source", "sku", "title"):  # as the first release wrote it
+            state.db.execute(f"ALTER TABLE images DROP COLUMN {column}")
+    with StateStore(out) as state:
+        row = state.image(RUN, "a.jpg")
+        assert row is not None and (row.path, row.sku) == ("a.jpg", None)
+        state.discovered(RUN, "sku:B", 1, 2, source="b.jpg", sku="B")
+        again = state.image(RUN, "sku:B")
+        assert again is not None and again.sku == "B"

@@ -42,6 +42,9 @@ class SearchFilters:
     """seed: sent as ``freight_type`` unless ``"all"``; ocean: not sent."""
     page_size: int = 20
     """Offers per answer, 1..50."""
+    keyword: str | None = None
+    """A catalogue title to search with, non-empty; ocean: sent as ``offerQueryParam``'s
+    ``keyword``; seed: not sent (its search has no such field)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.page_size, bool) or not isinstance(self.page_size, int):
@@ -70,6 +73,10 @@ class SearchFilters:
             )
         if self.freight not in ("all", "free", "paid"):
             raise ValueError(f"freight must be all, free or paid, not {self.freight!r}")
+        if self.keyword is not None and (
+            not isinstance(self.keyword, str) or not self.keyword.strip()
+        ):
+            raise ValueError(f"keyword must be None or a non-blank string, not {self.keyword!r}")
 
 
 def _decimal_text(value: Decimal) -> str:
@@ -95,6 +102,8 @@ def ocean_query_params(image_id: str, filters: SearchFilters) -> dict[str, str]:
         query["priceStart"] = _decimal_text(filters.price_min)
     if filters.price_max is not None:
         query["priceEnd"] = _decimal_text(filters.price_max)
+    if filters.keyword is not None:
+        query["keyword"] = filters.keyword
     return {"offerQueryParam": json.dumps(query, separators=(",", ":"))}
 
 

@@ -112,8 +112,9 @@ async def _main(
     for root in paths:
         # One root at a time: names under --out are relative to the root they were found in.
         async for candidate in discover(Inputs(paths=(root,)), report):
-            relative = candidate.path.relative_to(root) if root.is_dir() else Path(root.name)
-            found.append((candidate.path, relative))
+            path = Path(candidate.path)  # local inputs only: a Path
+            relative = path.relative_to(root) if root.is_dir() else Path(root.name)
+            found.append((path, relative))
     for problem in report.unreadable:
         print(f"skipped (unreadable): {problem}", file=sys.stderr)
     return await _prepare_all(list(_output_names(found)), options, out, as_json)

@@ -1,5 +1,8 @@
 """``img1688 reclean OUT``: rebuild a finished run's feed from the stored answers, no calls.
 
+``OUT`` is the job's local folder (its checkpoints); the feed is where they recorded it
+(:func:`~engine.feedread.feed_store`), on disk or on S3.
+
 A sharded job's output directory is re-cleaned whole: every shard's latest finished run, each
 from its own checkpoint database.
 """
@@ -15,7 +18,8 @@ from typing import TYPE_CHECKING
 
 from engine.commands import refused
 from engine.errors import ConfigError, StorageError
-from engine.feed import Feed, manifest_files
+from engine.feed import KINDS, Feed, manifest_files
+from engine.feedread import feed_store
 from engine.shard import UNSHARDED
 from engine.state import PartRecord, Run, StateStore, checkpoint_shards
 
@@ -23,6 +27,7 @@ from engine.state import PartRecord, Run, StateStore, checkpoint_shards
 # other commands build this parser without loading them.
 if TYPE_CHECKING:
     from engine.clean import WholesaleFilters
+    from engine.evidence.judge import EvidenceJudge
 
 BATCH = 500
 
@@ -46,7 +51,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Re-clean the latest finished run in OUT from the gateway answers stored in"
         " its checkpoints, and replace its Parquet parts. Makes no gateway call.",
     )
-    parser.add_argument("out", type=Path, help="the job's output directory")
+    parser.add_argument(
+        "out", type=Path, help="the job's output directory (its output.state_dir for s3://)"
+    )
     parser.add_argument(
         "--job",
         type=Path,
@@ -77,6 +84,7 @@ def reclean(out: Path, filters: WholesaleFilters | None = None) -> dict[str, obj
     shards = checkpoint_shards(out)
     if not shards:
         raise ConfigError(f"{out} holds no job state (never run there?)")
+    store = feed_store(out)
     with ExitStack() as stack:
         # Every shard is locked and checked before any is changed: one still running or
         # unfinished refuses the whole re-clean and leaves the feed as it was.
@@ -89,7 +97,8 @@ def reclean(out: Path, filters: WholesaleFilters | None = None) -> dict[str, obj
                 raise ConfigError(f"{where} has no finished run to re-clean; finish the run first")
             runs.append(run)
         results = [
-            _reclean_run(state, run, filters) for state, run in zip(stores, runs, strict=True)
+            _reclean_run(state, Feed(store, shard=state.shard, lock_dir=out), run, filters, stack)
+            for state, run in zip(stores, runs, strict=True)
         ]
     if shards == [UNSHARDED]:
         return results[0].to_json() | {"calls": 0}
@@ -101,22 +110,31 @@ def reclean(out: Path, filters: WholesaleFilters | None = None) -> dict[str, obj
     }
 
 
-def _reclean_run(state: StateStore, run: Run, filters: WholesaleFilters | None) -> Recleaned:
-    """Rebuild one finished run's parts in its shard's feed."""
+def _reclean_run(
+    state: StateStore, found: Feed, run: Run, filters: WholesaleFilters | None, stack: ExitStack
+) -> Recleaned:
+    """Rebuild one finished run's parts in its shard's feed (``found``, whose compression
+    level the run's manifest gives); the image cache it judges from stays open in ``stack``."""
     from engine.clean import WholesaleFilters
     from engine.export import Exporter
 
-    out = state.out
-    manifest = Feed(out, shard=state.shard).read_manifest() or {}
+    manifest = found.read_manifest() or {}
     # A JSON value, typed object: int() accepts the number run wrote, and raises otherwise.
     level = int(manifest.get("zstd_level", 6))  # type: ignore[call-overload]
-    feed = Feed(out, level, state.shard)
-    feed.remove_orphans(state.parts())
+    feed = Feed(found.store, level, state.shard, lock_dir=found.lock_dir)
+    feed.remove_orphans(state.parts(), state.known_runs())
+    if run.format != "parquet":
+        raise ConfigError(
+            f"{state.out}: reclean rebuilds the Parquet layout only; this run was published as"
+            f" {run.format} tables (output.format)"
+        )
     fingerprint = json.loads(run.fingerprint)
     filters = filters or WholesaleFilters(**fingerprint["filters"])
-    old_parts = state.parts(run.run_id)
+    # The run's changes table compares offers, not cleaning rules: it stays as it is.
+    old_parts = [p for p in state.parts(run.run_id) if p.kind in KINDS]
     records = state.images_in(run.run_id, ("exported",))
-    exporter = Exporter(state, feed, run, filters, fingerprint["request"]["protocol"])
+    judge = _judge(manifest, stack)
+    exporter = Exporter(state, feed, run, filters, fingerprint["request"]["protocol"], judge)
     feed.mark_incomplete()
     # All new parts are written first and swapped in by one transaction: a crash before it
     # leaves the old feed registered (the new files are orphans, deleted on the next start),
@@ -127,7 +145,12 @@ def _reclean_run(state: StateStore, run: Run, filters: WholesaleFilters | None) 
         parts, batch = exporter.write(records[start : start + BATCH])
         new_parts.extend(parts)
         rows += batch.match_rows
-    state.exported(new_parts, [(run.run_id, r.path) for r in records], replacing=old_parts)
+    state.exported(
+        new_parts,
+        [(run.run_id, r.path) for r in records],
+        replacing=old_parts,
+        clusters=exporter.new_clusters(),
+    )
     feed.delete_parts(old_parts)
     # Later re-cleans and resumes see the filters the feed now reflects.
     fingerprint["filters"] = filters.fingerprint()
@@ -141,3 +164,16 @@ def _reclean_run(state: StateStore, run: Run, filters: WholesaleFilters | None) 
     )
     feed.mark_complete(manifest)
     return Recleaned(run.run_id, len(records), rows)
+
+
+def _judge(manifest: dict[str, object], stack: ExitStack) -> EvidenceJudge | None:
+    """The evidence judge of the run's own settings (its manifest's ``evidence``), on the
+    image cache alone: a re-clean downloads nothing."""
+    from engine.evidence.judge import EvidenceJudge
+    from engine.imagecache import ImageCache
+
+    evidence = manifest.get("evidence")
+    if not isinstance(evidence, dict) or not evidence.get("enabled"):
+        return None
+    cache = stack.enter_context(ImageCache(Path(str(evidence["cache_dir"]))))
+    return EvidenceJudge(cache, int(evidence["rendition"]))

@@ -43,6 +43,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument(
         "--top", type=_at_least_one, default=5, metavar="N", help="offers shown per photo (5)"
     )
+    parser.add_argument(
+        "--no-offer-images",
+        dest="offer_images",
+        action="store_false",
+        help="leave out the offers' images (about 1 KB each: a smaller file for thousands of"
+        " photos)",
+    )
     parser.set_defaults(func=handle)
 
 
@@ -60,7 +67,13 @@ def handle(args: argparse.Namespace) -> int:
     from engine.report import write_report
 
     try:
-        written = write_report(args.out, run_id=args.run_id, dest=args.file, top=args.top)
+        written = write_report(
+            args.out,
+            run_id=args.run_id,
+            dest=args.file,
+            top=args.top,
+            offer_images=args.offer_images,
+        )
     except (ConfigError, StorageError) as exc:
         return refused(exc)
     size = written.bytes / 1024

@@ -19,6 +19,7 @@ from engine.shard import Shard
 # `img1688 --help` and the other commands build this parser without loading them.
 if TYPE_CHECKING:
     from engine.jobfile import Job
+    from engine.storage import Store
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,7 +31,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("job", type=Path, help="the job file (TOML)")
-    parser.add_argument("--out", type=Path, help="output directory (overrides output.dir)")
+    parser.add_argument(
+        "--out",
+        metavar="DIR|s3://BUCKET/PREFIX",
+        help="where the feed goes (overrides output.dir; docs/storage.md)",
+    )
     parser.add_argument("--limit", type=_positive_int, help="search at most N new images")
     parser.add_argument("--max-calls", type=_positive_int, help="spend at most N gateway calls")
     parser.add_argument("--rate", help="call limit, e.g. 10/60s (overrides gateway.rate)")
@@ -84,18 +89,18 @@ def handle(args: argparse.Namespace) -> int:
     try:
         job = load_job(args.job)
         rate = Rate.parse(args.rate) if args.rate else None
+        job = job.with_overrides(
+            out=args.out,
+            limit=args.limit,
+            max_calls=args.max_calls,
+            rate=rate,
+            shard=args.shard,
+        )
     except (ConfigError, ValueError) as exc:
         print(f"img1688: {exc}", file=sys.stderr)
         return ExitCode.CONFIG
-    job = job.with_overrides(
-        out=args.out.resolve() if args.out else None,
-        limit=args.limit,
-        max_calls=args.max_calls,
-        rate=rate,
-        shard=args.shard,
-    )
     outcome = asyncio.run(_run(job, fresh=args.fresh))
-    _report(outcome, job.out)
+    _report(outcome, job)
     if job.notify.enabled:
         # Last: the notice points at what the invocation wrote.
         asyncio.run(_notify(job, outcome))
@@ -150,7 +155,9 @@ def _signals_call(handler: Callable[[int], object]) -> Iterator[None]:
             loop.remove_signal_handler(signum)
 
 
-def _report(outcome: RunOutcome, out: Path) -> None:
+def _report(outcome: RunOutcome, job: Job) -> None:
+    from engine.feed import job_feed
+
     if outcome.summary:
         print(json.dumps(outcome.summary, indent=2, default=str))
     finished = outcome.exit_code in (ExitCode.OK, ExitCode.DONE_WITH_FAILURES)
@@ -158,7 +165,9 @@ def _report(outcome: RunOutcome, out: Path) -> None:
     if not finished or outcome.run_id is None:
         return
     print("\nBest match per photo (first rows):")
-    print(_preview(out, outcome.run_id))
+    store = job_feed(job).store
+    out = store.url
+    print(_preview(store, outcome.run_id))
     print(
         f"\nParquet feed: {out}/matches (offers) and {out}/images (one row per photo)\n"
         "Read it with DuckDB, Polars or pandas (docs/schema.md), e.g. in Python:\n"
@@ -172,12 +181,15 @@ def _money(value: object) -> str:
     return "?" if value is None else f"{value:.2f}"
 
 
-def _preview(out: Path, run_id: str, rows: int = 12) -> str:
+def _preview(store: Store, run_id: str, rows: int = 12) -> str:
     """The best offer of the first photos of the run, read back from the feed itself."""
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    matches = ds.dataset(out / "matches", format="parquet", partitioning="hive")
+    filesystem, root = store.filesystem()
+    matches = ds.dataset(
+        f"{root}/matches", filesystem=filesystem, format="parquet", partitioning="hive"
+    )
     table = matches.to_table(
         columns=["query_path", "title", "price_min", "min_order", "unit", "city", "offer_url"],
         filter=(pc.field("run_id") == run_id) & (pc.field("rank") == 1),

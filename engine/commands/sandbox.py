@@ -40,7 +40,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--host", default=DEFAULTS.host, help="address to listen on")
     parser.add_argument("--port", type=int, default=8688, help="port (0 picks a free one)")
     parser.add_argument(
-        "--catalogue", type=Path, default=DEFAULT_CATALOGUE, help="catalogue directory"
+        "--catalogue",
+        type=Path,
+        default=DEFAULT_CATALOGUE,
+        help="catalogue directory: catalogue.json and the images it names (several offers may"
+        " share one image); reloaded when catalogue.json changes",
     )
     parser.add_argument(
         "--rate",
@@ -185,6 +189,9 @@ def _banner(sandbox: Sandbox) -> str:
         f"  ocean query   POST {openapi}{ocean_path(OCEAN_QUERY, key)}",
         f"  ocean token   POST {openapi}{TOKEN_PATH}/{key}",
         f"  seed search   POST {openapi}{SEED_PATH}",
+        f"  offer images  GET  {base}/img/ibank/O1CN01<offerId>.jpg (or ..._<W>x<H>.jpg)",
+        f"catalogue {config.catalogue_dir}: reloaded when its catalogue.json changes,"
+        f" or on POST {base}/__sandbox__/reload",
         "press Ctrl-C to stop",
     ]
     return "\n".join(lines)

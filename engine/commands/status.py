@@ -1,5 +1,9 @@
 """``img1688 status OUT``: a job's state, read without running it (safe during a run).
 
+``OUT`` is the job's local folder, the one holding its checkpoints: the output directory, or
+``output.state_dir`` for an ``s3://`` feed. The completion markers are read from wherever the
+checkpoints recorded the feed (:func:`~engine.feedread.feed_store`).
+
 A sharded job's output directory holds one checkpoint database per shard: status reports every
 one it finds, each shard's ``_SUCCESS-shard-I-of-N`` and the dataset's ``_SUCCESS``.
 
@@ -18,7 +22,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from engine.commands import refused
+from engine.errors import ConfigError, StorageError
 from engine.feed import SUCCESS_FILE
+from engine.feedread import feed_store
 from engine.ledger import QuotaReport, QuotaSettings, gateway_day, quota_report
 from engine.shard import UNSHARDED, Shard
 from engine.state import Snapshot, checkpoint_shards, snapshot
@@ -26,7 +33,9 @@ from engine.state import Snapshot, checkpoint_shards, snapshot
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("status", help="show a job's state without running it")
-    parser.add_argument("out", type=Path, help="the job's output directory")
+    parser.add_argument(
+        "out", type=Path, help="the job's output directory (its output.state_dir for s3://)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(func=handle)
 
@@ -41,23 +50,40 @@ def handle(args: argparse.Namespace, clock: Callable[[], float] = time.time) -> 
     if not shards or (shards == [UNSHARDED] and state is None):
         print(f"img1688: {out} holds no job state (never run there?)", file=sys.stderr)
         return 2
-    success = (out / SUCCESS_FILE).exists()
+    try:
+        store = feed_store(out)
+        success = store.exists(SUCCESS_FILE)
+        markers = (
+            {shard: store.exists(shard.file_name(SUCCESS_FILE)) for shard in shards}
+            if state is None
+            else {}  # unsharded: its one marker is the dataset's, read above
+        )
+    except (ConfigError, StorageError) as exc:
+        return refused(exc)
     if state is not None:
         if args.json:
-            report = state.to_json() | {"quota": _quota_json(state, now)}
+            report = state.to_json() | {"quota": _quota_json(state, now), "feed": store.url}
             print(json.dumps(report | {"success_marker": success}, indent=2))
         else:
+            print(f"feed: {store.url}")
             _print_state(state, success, now)
         return 0
-    _report_shards(out, shards, as_json=args.json, success=success, now=now)
+    _report_shards(out, markers, as_json=args.json, success=success, now=now, feed=store.url)
     return 0
 
 
 def _report_shards(
-    out: Path, shards: list[Shard], *, as_json: bool, success: bool, now: float
+    out: Path,
+    markers: dict[Shard, bool],
+    *,
+    as_json: bool,
+    success: bool,
+    now: float,
+    feed: str,
 ) -> None:
-    """Every shard's state, ledger and marker, the shards of that split with no state yet, and
-    the dataset's marker."""
+    """Every shard's state, ledger and marker (``markers``), the shards of that split with no
+    state yet, and the dataset's marker."""
+    shards = list(markers)
     states = {shard: snapshot(out, shard) for shard in shards}
     expected = {Shard(i, s.count) for s in shards if s.sharded for i in range(s.count)}
     not_started = [str(s) for s in sorted(expected - set(shards))]
@@ -66,19 +92,20 @@ def _report_shards(
             "shards": [
                 {"shard": _name(shard)}
                 | (state.to_json() | {"quota": _quota_json(state, now)} if state else {})
-                | {"success_marker": (out / shard.file_name(SUCCESS_FILE)).exists()}
+                | {"success_marker": markers[shard]}
                 for shard, state in states.items()
             ],
             "not_started": not_started,
             "success_marker": success,
+            "feed": feed,
         }
         print(json.dumps(report, indent=2))
         return
+    print(f"feed: {feed}")
     for shard, state in states.items():
         print(f"shard {_name(shard)}:")
         if state is not None:
-            marker = (out / shard.file_name(SUCCESS_FILE)).exists()
-            _print_state(state, marker, now, indent="  ")
+            _print_state(state, markers[shard], now, indent="  ")
     if not_started:
         print(f"shards not started: {', '.join(not_started)}")
     print(f"_SUCCESS (every shard): {'present' if success else 'absent'}")

@@ -8,8 +8,10 @@ colour cast subtracted). Layouts of a query are taken at a few tilts and the bes
 Similarity is a weighted sum of cosine similarities, so ranking a query against every product
 is a couple of small matrix products.
 
-The maths needs numpy, which only the ``sandbox`` extra installs: without it this module still
-imports (the engine and the command line load it), and :meth:`Catalogue.load` says what to install.
+Several products may name one image file (resellers of one factory photo): each is its own
+offer, with the same descriptor, so they score alike and rank by offer id. A loaded catalogue
+remembers its folder and the stamp of its ``catalogue.json``, so that the gateway can serve the
+photos and reload the catalogue when the file changes.
 """
 
 from __future__ import annotations
@@ -18,31 +20,25 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
+import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
-
-from engine.errors import ConfigError
-
-try:
-    import numpy as np
-except ImportError:  # installed without the sandbox extra: `np` stays unbound
-    _HAVE_NUMPY = False
-else:
-    _HAVE_NUMPY = True
 
 __all__ = [
     "DEFAULT_CATALOGUE",
-    "NUMPY_MISSING",
     "Catalogue",
+    "CatalogueSource",
+    "ImageFault",
     "Match",
     "PriceTier",
     "Product",
+    "Stamp",
+    "stamp_of",
 ]
 
 # The built-in catalogue is package data: it is installed beside this module.
 DEFAULT_CATALOGUE: Path = Path(__file__).resolve().parent / "data" / "catalogue"
-NUMPY_MISSING = "the sandbox gateway needs numpy: pip install 'img1688[sandbox]'"
 
 _MASK_SIDE = 160  # the object is located on a thumbnail of this long side
 _DETAIL_SIDE = 480  # and described from a crop of the image decoded at about this size
@@ -70,9 +66,22 @@ class PriceTier:
     price: str
 
 
+ImageFault = Literal["missing", "corrupt", "html"]
+"""How the sandbox serves a product's photo instead of the photo: ``missing`` (404), ``corrupt``
+(200 ``image/jpeg`` with bytes no decoder reads), ``html`` (200 ``text/html``)."""
+
+_OPTIONAL_TEXT = ("repurchase_rate", "ship_in")
+
+
 @dataclass(frozen=True)
 class Product:
-    """One wholesale offer of the sandbox catalogue (prices are CNY decimal strings)."""
+    """One wholesale offer of the sandbox catalogue (prices are CNY decimal strings).
+
+    The optional fields state what an ocean answer says of the supplier, as the gateway writes
+    it (``repurchase_rate`` such as ``"23%"``, ``ship_in`` such as ``"shipIn48Hours"``); left
+    ``None``, the answer derives them from the offer id. ``image_fault`` makes the sandbox serve
+    the photo broken (:data:`ImageFault`).
+    """
 
     offer_id: int
     image: str
@@ -88,10 +97,20 @@ class Product:
     city: str
     freight: str
     category_id: int
+    repurchase_rate: str | None = None
+    seller_identities: tuple[str, ...] | None = None
+    one_piece_sale: bool | None = None
+    ship_in: str | None = None
+    image_fault: ImageFault | None = None
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Product:
-        """Build a product from one ``catalogue.json`` object, validating its shape."""
+        """Build a product from one ``catalogue.json`` object, validating its shape.
+
+        Raises:
+            ValueError: a required key is missing or a value has the wrong type; the message
+                names the entry (and the optional key at fault).
+        """
         try:
             tiers = tuple(
                 PriceTier(min_quantity=int(t["min_quantity"]), price=str(t["price"]))
@@ -112,6 +131,7 @@ class Product:
                 city=str(raw["city"]),
                 freight=str(raw["freight"]),
                 category_id=int(raw["category_id"]),
+                **_optional_fields(raw),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed catalogue entry {raw!r}: {exc}") from exc
@@ -120,8 +140,8 @@ class Product:
         return product
 
     def to_json(self) -> dict[str, Any]:
-        """The ``catalogue.json`` form of this product."""
-        return {
+        """The ``catalogue.json`` form of this product; optional fields only when set."""
+        raw: dict[str, Any] = {
             "offer_id": self.offer_id,
             "image": self.image,
             "title": self.title,
@@ -139,6 +159,63 @@ class Product:
             "freight": self.freight,
             "category_id": self.category_id,
         }
+        optional = {
+            "repurchase_rate": self.repurchase_rate,
+            "seller_identities": (
+                None if self.seller_identities is None else list(self.seller_identities)
+            ),
+            "one_piece_sale": self.one_piece_sale,
+            "ship_in": self.ship_in,
+            "image_fault": self.image_fault,
+        }
+        return raw | {key: value for key, value in optional.items() if value is not None}
+
+
+def _optional_fields(raw: dict[str, Any]) -> dict[str, Any]:
+    """The optional keys of a ``catalogue.json`` entry, type-checked (``ValueError`` names the
+    key); absent or ``null`` keys are left out."""
+    fields: dict[str, Any] = {}
+    for key in _OPTIONAL_TEXT:
+        if raw.get(key) is not None:
+            if not isinstance(raw[key], str):
+                raise ValueError(f"{key} must be a string")
+            fields[key] = raw[key]
+    identities = raw.get("seller_identities")
+    if identities is not None:
+        if not isinstance(identities, list) or not all(isinstance(i, str) for i in identities):
+            raise ValueError("seller_identities must be a list of strings")
+        fields["seller_identities"] = tuple(identities)
+    if raw.get("one_piece_sale") is not None:
+        if not isinstance(raw["one_piece_sale"], bool):
+            raise ValueError("one_piece_sale must be true or false")
+        fields["one_piece_sale"] = raw["one_piece_sale"]
+    if raw.get("image_fault") is not None:
+        if raw["image_fault"] not in get_args(ImageFault):
+            raise ValueError(f"image_fault must be one of {', '.join(get_args(ImageFault))}")
+        fields["image_fault"] = raw["image_fault"]
+    return fields
+
+
+Stamp = tuple[int, int]
+"""What tells one version of ``catalogue.json`` from another: its mtime (ns) and size."""
+
+
+def stamp_of(directory: Path) -> Stamp | None:
+    """The stamp of ``directory/catalogue.json`` now, or ``None`` if it cannot be read."""
+    try:
+        stat = (directory / "catalogue.json").stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+@dataclass(frozen=True)
+class CatalogueSource:
+    """Where a loaded catalogue came from: its folder, and the stamp of its ``catalogue.json``
+    taken before it was read (so a write during the load shows as a change)."""
+
+    directory: Path
+    stamp: Stamp | None
 
 
 @dataclass(frozen=True)
@@ -156,25 +233,33 @@ class Catalogue:
     """
 
     products: tuple[Product, ...]
+    source: CatalogueSource | None = None
+    """Set by :meth:`load`; ``None`` for a catalogue built in memory (no photos to serve)."""
 
-    def __init__(self, products: tuple[Product, ...], descriptors: list[_Descriptor]) -> None:
+    def __init__(
+        self,
+        products: tuple[Product, ...],
+        descriptors: list[_Descriptor],
+        source: CatalogueSource | None = None,
+    ) -> None:
         if len(products) != len(descriptors) or not products:
             raise ValueError("one descriptor per product is required")
         self.products = products
+        self.source = source
         self._colour = np.stack([d.colour for d in descriptors])
         self._layout = np.concatenate([d.layout for d in descriptors])
         self._tint = np.concatenate([d.tint for d in descriptors])
+        self._offer_ids = np.array([p.offer_id for p in products], dtype=np.int64)
 
     @classmethod
     def load(cls, directory: Path) -> Catalogue:
-        """Read ``directory/catalogue.json`` and describe every product image once.
+        """Read ``directory/catalogue.json`` and describe every product image once (an image
+        file several products name is described once).
 
-        Raises :class:`ValueError` when the JSON or an image is malformed, and
-        :class:`~engine.errors.ConfigError` when numpy is not installed.
+        Raises :class:`ValueError` when the JSON or an image is malformed.
         """
-        if not _HAVE_NUMPY:
-            raise ConfigError(NUMPY_MISSING)
         directory = Path(directory)
+        stamp = stamp_of(directory)
         try:
             raw = json.loads((directory / "catalogue.json").read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
@@ -184,24 +269,37 @@ class Catalogue:
         products = tuple(Product.from_json(item) for item in raw)
         if len({p.offer_id for p in products}) != len(products):
             raise ValueError("catalogue.json repeats an offer_id")
-        descriptors = []
+        described: dict[str, _Descriptor] = {}
         for product in products:
+            if product.image in described:
+                continue
             try:
-                descriptors.append(_describe((directory / product.image).read_bytes(), (0.0,)))
+                data = (directory / product.image).read_bytes()
+                described[product.image] = _describe(data, (0.0,))
             except (OSError, ValueError) as exc:
                 raise ValueError(
                     f"offer {product.offer_id}: bad image {product.image}: {exc}"
                 ) from exc
-        return cls(products, descriptors)
+        descriptors = [described[p.image] for p in products]
+        return cls(products, descriptors, CatalogueSource(directory, stamp))
 
     def __len__(self) -> int:
         return len(self.products)
 
+    def product(self, offer_id: int) -> Product | None:
+        """The product with ``offer_id``, or ``None``."""
+        return next((p for p in self.products if p.offer_id == offer_id), None)
+
+    def photo_path(self, product: Product) -> Path | None:
+        """Where ``product``'s photo is on disk; ``None`` for a catalogue built in memory."""
+        return None if self.source is None else self.source.directory / product.image
+
     def search(self, image: bytes) -> list[Match]:
         """Rank all products by similarity to ``image`` (encoded bytes), best first.
 
-        Ties keep catalogue order. Raises :class:`ValueError` if the bytes are not a
-        decodable image.
+        Equal scores (products sharing one photo) rank by offer id, lowest first, whatever
+        the catalogue's order. Raises :class:`ValueError` if the bytes are not a decodable
+        image.
         """
         query = _describe(image, tilts=_QUERY_TILTS)
         colour = self._colour @ query.colour
@@ -211,7 +309,7 @@ class Catalogue:
             + _WEIGHTS[2] * (self._tint @ query.tint.T + 1.0) / 2.0
         ).max(axis=1)
         scores = np.clip(_WEIGHTS[0] * colour + geometry, 0.0, 1.0)
-        order = np.argsort(-scores, kind="stable")
+        order = np.lexsort((self._offer_ids, -scores))  # the last key sorts first
         return [Match(self.products[i], float(scores[i])) for i in order]
 
 

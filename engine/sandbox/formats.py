@@ -2,6 +2,8 @@
 
 Every function returns an :class:`Answer`: the HTTP status, the body, extra headers and the
 error code the stats count. Nothing here decides *whether* to answer so; the gateway does.
+Offers' image URLs point at the sandbox's own CDN (:mod:`engine.sandbox.images`) under the
+``origin`` the client called.
 """
 
 from __future__ import annotations
@@ -11,14 +13,15 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from engine.protocol import ProtocolName
 from engine.sandbox.catalogue import Match, Product
+from engine.sandbox.images import DEFAULT_ORIGIN, image_url
 from engine.sandbox.verify import GMT8
 
 CENT = Decimal("0.01")
-IMAGE_URL = "https://cbu01.alicdn.com/img/ibank/O1CN01{offer_id}.jpg"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -91,15 +94,17 @@ def ocean_success(result: Any) -> Answer:
     )
 
 
-def ocean_offer(product: Product) -> dict[str, Any]:
-    """One offer of ``product.search.imageQuery``; the extra fields derive from the offer id."""
+def ocean_offer(product: Product, origin: str = DEFAULT_ORIGIN) -> dict[str, Any]:
+    """One offer of ``product.search.imageQuery``, its image served at ``origin``. The supplier
+    fields are the product's own where the catalogue states them; they, and the other extra
+    fields, derive from the offer id otherwise."""
     oid = product.offer_id
     low = lowest_price(product)
     offer: dict[str, Any] = {
         "offerId": oid,
         "subject": product.title,
         "subjectTrans": product.title_en,
-        "imageUrl": IMAGE_URL.format(offer_id=oid),
+        "imageUrl": image_url(origin, oid),
         "priceInfo": {
             "price": _money(low),
             "jxhyPrice": None,
@@ -111,16 +116,20 @@ def ocean_offer(product: Product) -> dict[str, Any]:
         "monthSold": product.month_sold,
         "companyName": product.company,
         "companyAddress": product.province + product.city,
-        "repurchaseRate": f"{10 + oid % 40}%",
-        "isOnePsale": product.min_order == 1,
-        "sellerIdentities": ["super_factory"] if oid % 3 == 0 else ["tp_member"],
+        "repurchaseRate": _default(product.repurchase_rate, f"{10 + oid % 40}%"),
+        "isOnePsale": _default(product.one_piece_sale, product.min_order == 1),
+        "sellerIdentities": list(
+            _default(
+                product.seller_identities, ("super_factory",) if oid % 3 == 0 else ("tp_member",)
+            )
+        ),
         "topCategoryId": product.category_id,
         "secondCategoryId": product.category_id * 100 + oid % 10,
         "thirdCategoryId": product.category_id * 10_000 + oid % 100,
         "createDate": _date(days_before=30 + oid % 400),
         "modifyDate": _date(days_before=oid % 30),
         "productSimpleShippingInfo": {
-            "shippingTimeGuarantee": "shipIn48Hours",
+            "shippingTimeGuarantee": _default(product.ship_in, "shipIn48Hours"),
             "freeShipping": product.freight == "free",
         },
     }
@@ -129,6 +138,10 @@ def ocean_offer(product: Product) -> dict[str, Any]:
             {"startQuantity": t.min_quantity, "price": t.price} for t in product.price_tiers
         ]
     return offer
+
+
+def _default(stated: T | None, derived: T) -> T:
+    return derived if stated is None else stated
 
 
 def _date(days_before: int) -> str:
@@ -175,20 +188,22 @@ def seed_error(
     )
 
 
-def seed_success(matches: list[Match], total: int) -> Answer:
-    """``image_search_item_response`` holding ``matches`` in their varied formats."""
+def seed_success(matches: list[Match], total: int, origin: str = DEFAULT_ORIGIN) -> Answer:
+    """``image_search_item_response`` holding ``matches`` in their varied formats, their images
+    served at ``origin``."""
     body = {
         "image_search_item_response": {
             "total_results": total,
-            "items": {"item": [seed_item(m) for m in matches]},
+            "items": {"item": [seed_item(m, origin) for m in matches]},
             "request_id": request_id(),
         }
     }
     return Answer(200, body)
 
 
-def seed_item(match: Match) -> dict[str, Any]:
-    """One seed item. The field formats vary with ``offer_id % 4`` so cleaning gets exercised:
+def seed_item(match: Match, origin: str = DEFAULT_ORIGIN) -> dict[str, Any]:
+    """One seed item, its image served at ``origin``. The seed names no supplier signals, so
+    an item has none. The field formats vary with ``offer_id % 4`` so cleaning gets exercised:
 
     ====== ========= ================ =========== ========== ======== ==========
     style  item_id   price            MOQ         similarity address  freight
@@ -241,7 +256,7 @@ def seed_item(match: Match) -> dict[str, Any]:
         item["freight_type"] = product.freight
     item["monthly_sales"] = product.month_sold
     item["company_name"] = product.company
-    item["pic_url"] = IMAGE_URL.format(offer_id=oid)
+    item["pic_url"] = image_url(origin, oid)
     return item
 
 

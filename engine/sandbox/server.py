@@ -12,6 +12,11 @@ checks: image rules, page size, image id.
 The sandbox may know several apps (:attr:`SandboxConfig.extra_apps`): each has its own secret,
 live access token, refresh token, rate window(s) and usage count, as a gateway that counts calls
 per app key.
+
+Beside the gateway it serves every catalogue photo at the image URL its answers give
+(``/img/ibank/...``, :mod:`engine.sandbox.images`), ungated, as a CDN does. The catalogue is
+reloaded when its ``catalogue.json`` changes (checked at each search and image request) or on
+``POST /__sandbox__/reload``, so a test can change a price between two runs on one endpoint.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from PIL import Image
 
 from engine.protocol import (
@@ -51,8 +56,8 @@ from engine.protocol import (
     ProtocolName,
 )
 from engine.ratelimit import Rate
-from engine.sandbox import formats
-from engine.sandbox.catalogue import DEFAULT_CATALOGUE, Catalogue, Match
+from engine.sandbox import formats, images
+from engine.sandbox.catalogue import DEFAULT_CATALOGUE, Catalogue, Match, stamp_of
 from engine.sandbox.faults import FAULT_KEYS, SLOW, Decision, Fault, FaultPicker, Faults
 from engine.sandbox.formats import Answer
 from engine.sandbox.verify import (
@@ -73,7 +78,7 @@ MAX_SKEW_SECONDS = 600.0
 MAX_PAGE_SIZE = 50
 DEFAULT_PAGE_SIZE = 20
 MAX_UPLOADS = 10_000  # image ids kept for imageQuery; the oldest are forgotten first
-MAX_ARRIVALS = 100_000  # admitted-call times kept in the stats
+MAX_ARRIVALS = 100_000  # admitted-call times (and query keywords) kept in the stats
 MAX_BODY_BYTES = 32 * 1024 * 1024  # room for uploads well over the image limit, to reject them
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 DEFAULT_RATE = Rate(10, 60.0)
@@ -97,7 +102,9 @@ class SandboxConfig:
 
     Attributes:
         host, port: where to listen; port 0 picks a free one.
-        catalogue_dir: the product catalogue searched by image.
+        catalogue_dir: the product catalogue searched by image: a folder holding
+            ``catalogue.json`` and the photos it names, served at the answers' image URLs;
+            read again when ``catalogue.json`` changes.
         rate: strict sliding window per app key over admitted ``param2`` calls, both protocols.
         api_rates: API name -> a strict window of its own per app key, for the APIs a gateway
             counts separately; the other APIs share ``rate``'s window.
@@ -195,7 +202,9 @@ class _Stats:
 
     ``apps`` holds, per app key the sandbox knows, the ``param2`` and token calls that named it
     (answered in any way), its rate-limit answers and the arrival times of its admitted calls
-    (all, and per API).
+    (all, and per API). ``keywords`` lists the ``keyword`` of each ocean query that passed the
+    parameter checks, in arrival order; ``images`` counts the CDN's requests; ``reloads`` the
+    catalogue reloads.
     """
 
     def __init__(self, app_keys: tuple[str, ...] = ()) -> None:
@@ -211,6 +220,9 @@ class _Stats:
         self.rate_limited = 0
         self.arrivals: deque[float] = deque(maxlen=MAX_ARRIVALS)
         self.apps = {key: _AppStats() for key in self._app_keys}
+        self.keywords: deque[str] = deque(maxlen=MAX_ARRIVALS)
+        self.images = images.ImageStats()
+        self.reloads = 0
 
     def record(self, api: str, answer: Answer | _Drop, app_key: str | None = None) -> None:
         self.calls[api] += 1
@@ -232,6 +244,9 @@ class _Stats:
             "faults": dict(self.faults),
             "arrivals": list(self.arrivals),
             "apps": {key: app.to_json() for key, app in self.apps.items()},
+            "keywords": list(self.keywords),
+            "images": self.images.to_json(),
+            "reloads": self.reloads,
         }
 
 
@@ -252,9 +267,10 @@ class Gateway:
 
     Args:
         config: the behaviour.
-        catalogue: the products to search.
-        executor: runs image decoding and ranking off the event loop, so arrival times stay
-            honest while a search computes.
+        catalogue: the products to search; replaced by a reload when it was loaded from a
+            folder whose ``catalogue.json`` changes.
+        executor: runs image decoding, ranking and catalogue reloads off the event loop, so
+            arrival times stay honest while a search computes.
         clock: monotonic clock for the rate window, token lifetimes and arrivals.
     """
 
@@ -274,6 +290,10 @@ class Gateway:
         self._apps = {app.app_key: _AppState(app, clock()) for app in config.apps}
         self._uploads: OrderedDict[str, _Upload] = OrderedDict()
         self._faults = FaultPicker(config.faults)
+        self._reloading = asyncio.Lock()
+        # The catalogue.json version last read (or tried): a failed reload is not retried
+        # until the file changes again.
+        self._seen_stamp = None if catalogue.source is None else catalogue.source.stamp
 
     # --- routing ----------------------------------------------------------------------------
 
@@ -332,6 +352,69 @@ class Gateway:
         self.stats.reset()
         return web.json_response({"reset": True})
 
+    async def handle_reload(self, request: web.Request) -> web.Response:
+        """``POST /__sandbox__/reload``: read the catalogue's folder again, changed or not.
+        200 ``{"reloaded": true, "products": n}``; 422 with the error (the previous catalogue
+        stays) when it does not load, or when the catalogue was not loaded from a folder."""
+        source = self.catalogue.source
+        if source is None:
+            error: str | None = "the catalogue was not loaded from a folder"
+        else:
+            async with self._reloading:
+                self._seen_stamp = stamp_of(source.directory)
+                error = await self._reload(source.directory)
+        if error is not None:
+            return web.json_response({"reloaded": False, "error": error}, status=422)
+        return web.json_response({"reloaded": True, "products": len(self.catalogue)})
+
+    async def handle_image(self, request: web.Request) -> web.Response:
+        """``GET /img/ibank/{name}``: an offer's photo or a rendition of it, ungated."""
+        wanted = images.parse_name(request.match_info["name"])
+        catalogue = await self._current_catalogue()
+        reply = images.NOT_FOUND
+        if wanted is not None:
+            product = catalogue.product(wanted.offer_id)
+            photo = None if product is None else catalogue.photo_path(product)
+            reply = await asyncio.to_thread(
+                images.serve, product, photo, wanted, request.headers.get(hdrs.IF_NONE_MATCH)
+            )
+        self.stats.images.record(wanted, reply.status)
+        log.debug("%s %s -> %d", request.method, request.path, reply.status)
+        return web.Response(
+            status=reply.status,
+            body=reply.body or None,
+            content_type=reply.content_type,
+            headers=reply.headers,
+        )
+
+    async def _current_catalogue(self) -> Catalogue:
+        """The catalogue, reloaded first if its ``catalogue.json`` changed since last read."""
+        source = self.catalogue.source
+        if source is None or stamp_of(source.directory) == self._seen_stamp:
+            return self.catalogue
+        async with self._reloading:
+            stamp = stamp_of(source.directory)
+            if stamp != self._seen_stamp:  # not already reloaded while this waited
+                self._seen_stamp = stamp
+                await self._reload(source.directory)
+        return self.catalogue
+
+    async def _reload(self, directory: Path) -> str | None:
+        """Load ``directory`` in place of the catalogue; the error, or ``None``. A catalogue
+        that does not load leaves the previous one in service."""
+        loop = asyncio.get_running_loop()
+        try:
+            catalogue = await loop.run_in_executor(self._executor, Catalogue.load, directory)
+        except ValueError as exc:
+            log.warning("catalogue %s not reloaded, the previous one stays: %s", directory, exc)
+            return str(exc)
+        self.catalogue = catalogue
+        if catalogue.source is not None:
+            self._seen_stamp = catalogue.source.stamp
+        self.stats.reloads += 1
+        log.info("catalogue %s reloaded: %d products", directory, len(catalogue))
+        return None
+
     async def _gatekeep(
         self, protocol: ProtocolName, api: str, refusal: Answer | None, app_key: str | None
     ) -> Answer | _Drop | None:
@@ -363,7 +446,7 @@ class Gateway:
             return blocked
         if api == OCEAN_UPLOAD:
             return await self._ocean_upload(params)
-        return self._ocean_query(params)
+        return self._ocean_query(params, _origin(request))
 
     def _ocean_refusal(
         self,
@@ -413,7 +496,7 @@ class Gateway:
             self._uploads.popitem(last=False)
         return formats.ocean_success(image_id)
 
-    def _ocean_query(self, params: dict[str, str]) -> Answer:
+    def _ocean_query(self, params: dict[str, str], origin: str) -> Answer:
         query = _json_object(params.get("offerQueryParam"))
         if query is None or not query.get("imageId"):
             return formats.ocean_error(400, "gw.ParamMissing", "offerQueryParam.imageId is missing")
@@ -422,12 +505,17 @@ class Gateway:
             begin = _int_in(query.get("beginPage", 1), "beginPage", 1)
             low = _price(query.get("priceStart"), "priceStart")
             high = _price(query.get("priceEnd"), "priceEnd")
+            keyword = query.get("keyword")
+            if keyword is not None and not isinstance(keyword, str):
+                raise ValueError(f"keyword {keyword!r} is not text")
         except ValueError as exc:
             return formats.ocean_failure("isv.invalid-parameter", str(exc))
         if page_size > MAX_PAGE_SIZE:
             return formats.ocean_failure(
                 "isv.invalid-parameter", f"pageSize {page_size} exceeds {MAX_PAGE_SIZE}"
             )
+        if keyword is not None:  # recorded, not used: the ranking is by image alone
+            self.stats.keywords.append(keyword)
         upload = self._uploads.get(str(query["imageId"]))
         if upload is None:
             return formats.ocean_failure("isv.image-not-found", "imageId is unknown or expired")
@@ -440,7 +528,10 @@ class Gateway:
                 "totalPage": math.ceil(len(ranked) / page_size),
                 "pageSize": page_size,
                 "currentPage": begin,
-                "data": [formats.ocean_offer(m.product) for m in ranked[start : start + page_size]],
+                "data": [
+                    formats.ocean_offer(m.product, origin)
+                    for m in ranked[start : start + page_size]
+                ],
             }
         )
 
@@ -451,7 +542,7 @@ class Gateway:
         blocked = await self._gatekeep("seed", api, refusal, params.get("app_key"))
         if blocked is not None:
             return blocked
-        return await self._seed_search(params)
+        return await self._seed_search(params, _origin(request))
 
     def _seed_refusal(
         self, request: web.Request, params: dict[str, str], api: str
@@ -481,7 +572,7 @@ class Gateway:
             return formats.seed_error(200, 27, "Invalid session")
         return None
 
-    async def _seed_search(self, params: dict[str, str]) -> Answer:
+    async def _seed_search(self, params: dict[str, str], origin: str) -> Answer:
         image = params.get("image")
         if not image:
             return _seed_invalid_argument("image is missing")
@@ -511,7 +602,7 @@ class Gateway:
             and freight in (None, m.product.freight)
         ]
         self.stats.searches[upload.sha256] += 1
-        return formats.seed_success(ranked[:page_size], total=len(ranked))
+        return formats.seed_success(ranked[:page_size], total=len(ranked), origin=origin)
 
     # --- token refresh ----------------------------------------------------------------------
 
@@ -593,15 +684,17 @@ class Gateway:
         return formats.rate_limited(protocol, 1)
 
     async def _inspect(self, image_base64: str) -> _Upload:
-        """Decode, check the image rules and rank against the catalogue (off the loop)."""
+        """Decode, check the image rules and rank against the current catalogue (off the
+        loop)."""
         try:
             data = base64.b64decode(image_base64, validate=True)
         except (binascii.Error, ValueError):
             raise InvalidImage("image is not valid base64") from None
+        catalogue = await self._current_catalogue()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._rank, data)
+        return await loop.run_in_executor(self._executor, self._rank, data, catalogue)
 
-    def _rank(self, data: bytes) -> _Upload:
+    def _rank(self, data: bytes, catalogue: Catalogue) -> _Upload:
         config = self.config
         if len(data) > config.max_image_bytes:
             raise InvalidImage(f"image is {len(data)} bytes, over {config.max_image_bytes}")
@@ -618,7 +711,7 @@ class Gateway:
         if max(size) > config.max_side:
             raise InvalidImage(f"image is {size[0]}x{size[1]}, long side over {config.max_side}")
         try:
-            ranking = tuple(self.catalogue.search(data))
+            ranking = tuple(catalogue.search(data))
         except Exception as exc:
             raise InvalidImage(f"image is not decodable: {type(exc).__name__}") from None
         return _Upload(hashlib.sha256(data).hexdigest(), ranking)
@@ -676,6 +769,8 @@ class Sandbox:
         app.router.add_route("*", OPENAPI_PREFIX + "{tail:.*}", gateway.handle)
         app.router.add_get("/__sandbox__/stats", gateway.handle_stats)
         app.router.add_post("/__sandbox__/reset", gateway.handle_reset)
+        app.router.add_post("/__sandbox__/reload", gateway.handle_reload)
+        app.router.add_get(images.IMAGE_ROUTE, gateway.handle_image)
         # No access log: seed requests carry the access token in the query string.
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -700,6 +795,17 @@ class Sandbox:
 
 
 # --- parameter parsing ----------------------------------------------------------------------
+
+
+def _origin(request: web.Request) -> str:
+    """``scheme://host:port`` as the client called it: its ``Host`` header, else the address
+    the connection reached."""
+    host = request.headers.get(hdrs.HOST)
+    if not host:
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        address, port = sockname[:2] if sockname else ("127.0.0.1", 80)
+        host = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    return f"{request.scheme}://{host}"
 
 
 async def _params(request: web.Request) -> dict[str, str]:

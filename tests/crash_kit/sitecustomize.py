@@ -44,6 +44,7 @@ class Point:
 
 
 def _parquet_destination(args: Sequence[Any]) -> bool:
+    """``os.replace(temp, final)`` or ``S3Store.write_bytes(self, key, data)`` to a part."""
     return len(args) >= 2 and str(args[1]).endswith(".parquet")
 
 
@@ -66,13 +67,30 @@ POINTS: dict[str, Point] = {
     # manifest.json's temporary is written and fsynced; its rename has not happened.
     "manifest-temp-not-renamed": Point("os", "replace", "before", _named("manifest.json", 1)),
     # manifest.json is written; _SUCCESS is not.
-    "manifest-no-success": Point("engine.feed", "_write_atomic", "before", _named("_SUCCESS")),
+    "manifest-no-success": Point(
+        "engine.storage", "LocalStore.write_bytes", "before", _named("_SUCCESS", 1)
+    ),
+    # The same points on an s3:// feed (one upload per file, no temporary, no rename):
+    # a part is uploaded under its final key; the commit that registers it has not happened.
+    "uploaded-not-registered": Point(
+        "engine.storage", "S3Store.write_bytes", "after", _parquet_destination
+    ),
+    # manifest.json is uploaded; _SUCCESS is not.
+    "s3-manifest-no-success": Point(
+        "engine.storage", "S3Store.write_bytes", "before", _named("_SUCCESS", 1)
+    ),
     # manifest.json and _SUCCESS are written; the run is not recorded complete.
     "success-not-recorded": Point("engine.feed", "Feed.mark_complete", "after"),
     # An earlier run's same-day parts are unregistered; their files are not deleted.
     "superseded-not-deleted": Point("engine.state", "StateStore.drop_parts", "after"),
     # The start-up clean-up of orphans and temporaries is done; nothing new is written yet.
     "after-orphan-cleanup": Point("engine.feed", "Feed.remove_orphans", "after"),
+    # A completed run's compacted files are written; the commit that swaps them in is not.
+    "compacted-not-registered": Point("engine.state", "StateStore.replace_parts", "before"),
+    # Compaction's swap is committed; the small parts' files are not deleted.
+    "compaction-registered-not-deleted": Point("engine.state", "StateStore.replace_parts", "after"),
+    # A run is committed to a Delta table; neither the other tables nor the checkpoints know.
+    "delta-committed-not-recorded": Point("engine.delta", "DeltaTables.commit", "after"),
 }
 
 
