@@ -16,8 +16,9 @@ Figures printed:
    :data:`REPEATS`: the plain parts, the compacted files, and the same run as Delta tables
    (``output.format = "delta"``). DuckDB's ``delta`` extension is downloaded by ``INSTALL
    delta``, which needs network access these machines lack, so DuckDB reads the Delta tables
-   through ``deltalake`` (``DeltaTable.to_pyarrow_dataset()``, a lazy Arrow dataset DuckDB
-   scans); ``delta_scan`` is tried first and used when it loads.
+   through ``deltalake`` (``DeltaTable.to_pyarrow_dataset()`` on a native filesystem, as
+   docs/schema.md shows: a lazy Arrow dataset DuckDB scans); ``delta_scan`` is tried first and
+   used when it loads.
 
 Job outputs go to ``build/bench/lake-runs/``, emptied at each start. Run: ``python -m bench
 lake``.
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from deltalake import DeltaTable
 
@@ -183,7 +185,8 @@ def _delta_reader(out: Path) -> tuple[str, Callable[[duckdb.DuckDBPyConnection],
         def through_arrow(con: duckdb.DuckDBPyConnection) -> int:
             total = 0
             for kind in KINDS:
-                dataset = DeltaTable(str(out / kind)).to_pyarrow_dataset()
+                files = pafs.SubTreeFileSystem(str(out / kind), pafs.LocalFileSystem())
+                dataset = DeltaTable(str(out / kind)).to_pyarrow_dataset(filesystem=files)
                 con.register("delta_table", dataset)
                 total += _count(con, "SELECT * FROM delta_table")
                 con.unregister("delta_table")

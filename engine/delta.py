@@ -34,6 +34,7 @@ from engine.storage import Store
 if TYPE_CHECKING:
     import pyarrow as pa
     import pyarrow.dataset as ds
+    import pyarrow.fs as pafs
     from deltalake import DeltaTable
 
 DELTA_TABLES = TABLES
@@ -150,7 +151,7 @@ class DeltaTables:
         table = self._open(kind)
         if table is None:
             return None, 0
-        dataset, only = self._of_run(table, run)
+        dataset, only = self._of_run(table, run, kind)
         try:
             return table.version(), int(dataset.count_rows(filter=only))
         except (OSError, pa.ArrowInvalid) as exc:
@@ -171,22 +172,35 @@ class DeltaTables:
         if table is None:
             declared = SCHEMAS[kind]
             return declared.empty_table().select([c for c in columns if c in declared.names])
-        dataset, only = self._of_run(table, run)
+        dataset, only = self._of_run(table, run, kind)
         wanted = [name for name in columns if name in dataset.schema.names]
         try:
             return dataset.to_table(columns=wanted, filter=only)
         except (OSError, pa.ArrowInvalid) as exc:
             raise StorageError(f"cannot read {self.uri(kind)}: {exc}") from None
 
-    def _of_run(self, table: DeltaTable, run: Run) -> tuple[ds.Dataset, ds.Expression]:
-        """``table`` as a pyarrow dataset and the filter to ``run``'s rows (its partition
-        first, which prunes files)."""
+    def _of_run(self, table: DeltaTable, run: Run, kind: str) -> tuple[ds.Dataset, ds.Expression]:
+        """``table`` (``kind``) as a pyarrow dataset and the filter to ``run``'s rows (its
+        partition first, which prunes files)."""
         import pyarrow as pa
         import pyarrow.dataset as ds
 
         day = pa.scalar(date.fromisoformat(run.run_date), pa.date32())
         only = (ds.field(RUN_DATE) == day) & (ds.field("run_id") == run.run_id)
-        return table.to_pyarrow_dataset(), only
+        return table.to_pyarrow_dataset(filesystem=self.arrow_filesystem(kind)), only
+
+    def arrow_filesystem(self, kind: str) -> pafs.FileSystem:
+        """Table ``kind``'s folder as a native Arrow filesystem, for reading its files.
+
+        Without one, deltalake reads through a filesystem written in Python
+        (``DeltaStorageHandler``), which Arrow's I/O threads call into; those threads then
+        abort or deadlock the process at exit (in about 4 runs out of 10 of a script that only
+        reads a table here, with pyarrow 26 and deltalake 1.6).
+        """
+        import pyarrow.fs as pafs
+
+        filesystem, root = self.store.filesystem()
+        return pafs.SubTreeFileSystem(f"{root}/{kind}", filesystem)
 
     def _open(self, kind: str) -> DeltaTable | None:
         """Table ``kind`` at its latest version; ``None`` when there is none yet.

@@ -7,6 +7,7 @@ crash kit between a Delta commit and the checkpoints recording it.
 
 from __future__ import annotations
 
+import csv
 import datetime
 import json
 import os
@@ -21,9 +22,11 @@ import duckdb
 import pandas as pd
 import polars as pl
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pytest
 from deltalake import DeltaTable
 
+from engine.cli import main
 from engine.delta import DELTA_TABLES, DeltaTables
 from engine.errors import ConfigError
 from engine.feed import MANIFEST_FILE, STAGING, SUCCESS_FILE
@@ -53,8 +56,18 @@ def batches(*tables: pa.Table) -> Any:
     return iter([b for t in tables for b in t.to_batches()])
 
 
-def rows(uri: str, **options: str) -> list[dict[str, Any]]:
-    return DeltaTable(uri, storage_options=options or None).to_pyarrow_table().to_pylist()
+def local(table: Path) -> pafs.FileSystem:
+    """The local Delta table's folder as a native Arrow filesystem, for deltalake's readers:
+    with none given, they read through a filesystem written in Python, and Arrow threads that
+    called into it make the process abort or hang at exit (``DeltaTables.arrow_filesystem``)."""
+    return pafs.SubTreeFileSystem(str(table), pafs.LocalFileSystem())
+
+
+def rows(uri: str, native: pafs.FileSystem | None = None, **options: str) -> list[dict[str, Any]]:
+    """Table ``uri``'s rows, its files read through ``native`` (rooted at the table; by
+    default the local folder ``uri``)."""
+    table = DeltaTable(uri, storage_options=options or None)
+    return table.to_pyarrow_table(filesystem=native or local(Path(uri))).to_pylist()
 
 
 # -- the tables ---------------------------------------------------------------------------------
@@ -140,11 +153,20 @@ def delta_job(photos: Path, out: Path, url: str, **output: Any) -> Any:
     )
 
 
-def assert_each_photo_once(uri: str, run_id: str, photos: Path, **options: str) -> None:
-    """The Delta tables at ``uri`` hold ``run_id``'s rows for today only: each photo once in
-    ``images``, each of its offers once in ``matches``."""
-    images = rows(f"{uri}/images", **options)
-    matches = rows(f"{uri}/matches", **options)
+def assert_each_photo_once(
+    uri: str, run_id: str, photos: Path, bucket: S3Bucket | None = None, **options: str
+) -> None:
+    """The Delta tables at ``uri`` (in ``bucket``, if given) hold ``run_id``'s rows for today
+    only: each photo once in ``images``, each of its offers once in ``matches``."""
+
+    def table(kind: str) -> list[dict[str, Any]]:
+        native = None
+        if bucket is not None:
+            key = f"{uri}/{kind}".removeprefix(f"{bucket.url}/")
+            native = pafs.SubTreeFileSystem(bucket.path(key), bucket.filesystem)
+        return rows(f"{uri}/{kind}", native, **options)
+
+    images, matches = table("images"), table("matches")
     assert {r["run_id"] for r in images} == {run_id}
     assert_every_photo_once(images, matches, photos)
     assert matches  # offers were kept
@@ -168,11 +190,11 @@ async def test_a_delta_job_publishes_three_tables_that_duckdb_polars_and_pandas_
         ("images", IMAGES_SCHEMA),
         ("changes", CHANGES_SCHEMA),
     ):
-        arrow = DeltaTable(str(out / kind)).to_pyarrow_table()
+        arrow = DeltaTable(str(out / kind)).to_pyarrow_table(filesystem=local(out / kind))
         assert arrow.column_names == [*schema.names, "run_date"]
         for field in schema:  # the same Arrow schema, as the Parquet layout has it
             assert arrow.schema.field(field.name).type == field.type, (kind, field.name)
-    assert DeltaTable(str(out / "changes")).to_pyarrow_table().num_rows == 0  # a first run
+    assert not rows(str(out / "changes"))  # a first run
     # Nothing left staged, and no Parquet layout beside the tables.
     assert not image_files(out / STAGING)
     assert not list((out / "matches").glob("run_date=*/part-*-000001.parquet"))
@@ -184,13 +206,14 @@ async def test_a_delta_job_publishes_three_tables_that_duckdb_polars_and_pandas_
     assert (out / SUCCESS_FILE).exists()
 
     # The readers, as docs/schema.md shows them.
-    dataset = DeltaTable(str(out / "matches")).to_pyarrow_dataset()  # noqa: F841 (DuckDB's)
+    matches = DeltaTable(str(out / "matches"))
+    dataset = matches.to_pyarrow_dataset(filesystem=local(out / "matches"))  # noqa: F841 (DuckDB's)
     by_duckdb = duckdb.sql("SELECT count(*), count(DISTINCT query_path) FROM dataset").fetchall()[0]
     with_offers = {r["query_path"] for r in rows(str(out / "images")) if r["offers_kept"]}
     assert by_duckdb == (manifest["rows"]["matches"], len(with_offers))
     by_polars = pl.read_delta(str(out / "images"))
     assert by_polars.height == images and by_polars.schema["run_date"] == pl.Date
-    by_pandas = DeltaTable(str(out / "images")).to_pandas()
+    by_pandas = DeltaTable(str(out / "images")).to_pandas(filesystem=local(out / "images"))
     assert isinstance(by_pandas, pd.DataFrame) and len(by_pandas) == images
     assert sorted(by_pandas["query_path"]) == sorted(map(str, image_files(query_dir)))
 
@@ -235,6 +258,30 @@ async def test_export_reads_a_delta_run_back(
         reclean(out)
 
 
+async def test_the_engine_reads_its_tables_through_no_python_filesystem(
+    sandbox: Sandbox, query_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # deltalake's readers default to a filesystem written in Python; Arrow's I/O threads that
+    # called into it abort ("terminate called without an active exception") or hang the
+    # process as it exits, in about 4 runs out of 10 of a script that only reads a table.
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a Delta table was read through a Python filesystem")
+
+    monkeypatch.setattr(pafs, "PyFileSystem", refused)
+    out = tmp_path / "out"
+
+    outcome = await run_job(  # completion counts each table's rows of the run
+        delta_job(query_dir, out, sandbox.url), credentials=creds(sandbox.config)
+    )
+
+    assert outcome.exit_code == ExitCode.OK, outcome.message
+    sheet = tmp_path / "sheet.csv"
+    assert main(["export", str(out), "--format", "csv", "--out", str(sheet)]) == 0
+    with open(sheet, encoding="utf-8-sig", newline="") as handle:
+        photos = {row["Photo"] for row in csv.DictReader(handle)}
+    assert photos == set(map(str, image_files(query_dir)))
+
+
 async def test_a_delta_job_on_object_storage(
     sandbox: Sandbox, query_dir: Path, tmp_path: Path, s3_bucket: S3Bucket
 ) -> None:
@@ -245,7 +292,7 @@ async def test_a_delta_job_on_object_storage(
 
     assert outcome.exit_code == ExitCode.OK, outcome.message
     options = open_store(url, os.environ).storage_options()
-    assert_each_photo_once(url, outcome.run_id or "", query_dir, **options)
+    assert_each_photo_once(url, outcome.run_id or "", query_dir, s3_bucket, **options)
     keys = s3_bucket.keys("lake")
     assert "lake/_SUCCESS" in keys and "lake/images/_delta_log/00000000000000000000.json" in keys
     assert not [k for k in keys if k.startswith(f"lake/{STAGING}/")]
