@@ -6,8 +6,12 @@ import asyncio
 import atexit
 import faulthandler
 import gc
+import os
 import shutil
 import socket
+import subprocess
+import sys
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +34,27 @@ from tests.s3_kit import S3Bucket  # noqa: E402
 
 EXIT_GRACE = 60.0
 """Seconds the test process may take to exit once its exit handlers start (well under one)."""
+EXIT_WATCH = 2 * EXIT_GRACE
+"""Seconds from the start of the interpreter's shutdown after which the exit watchdog prints
+the process's native stacks and kills it."""
+
+EXIT_WATCHDOG = """
+import os, shutil, signal, subprocess, sys, time
+pid, watch = int(sys.argv[1]), float(sys.argv[2])
+end = time.monotonic() + watch
+while time.monotonic() < end:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        sys.exit(0)
+    time.sleep(0.2)
+print(f"conftest: the test process has not exited {watch:.0f} s after its shutdown began;"
+      " its threads, then a kill:", file=sys.stderr, flush=True)
+if shutil.which("gdb"):
+    bt = ["gdb", "-q", "-batch", "-p", str(pid), "-ex", "thread apply all bt 25"]
+    subprocess.run(bt, stdout=sys.stderr, stderr=subprocess.DEVNULL, timeout=120, check=False)
+os.kill(pid, signal.SIGKILL)
+"""
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -38,12 +63,30 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     # handler (pyarrow.fs is imported above), so it runs before it (atexit is last in, first out).
     atexit.unregister(_end_of_process)
     atexit.register(_end_of_process)
+    if not _exit_watch:
+        # Shutdown joins the non-daemon threads before any atexit handler runs, and native
+        # libraries' teardown (Arrow's thread pools, the AWS SDK) comes after faulthandler is
+        # gone: only another process can see a hang there. threading's own exit hook (what
+        # concurrent.futures uses) runs at the start of shutdown.
+        threading._register_atexit(_watch_the_exit)
+        _exit_watch.append(True)
+
+
+_exit_watch: list[bool] = []
+
+
+def _watch_the_exit() -> None:
+    subprocess.Popen(
+        [sys.executable, "-c", EXIT_WATCHDOG, str(os.getpid()), str(EXIT_WATCH)],
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def _end_of_process() -> None:
     # Exit handlers hang at times, pyarrow's S3 shutdown among them (storage.finalize_s3): a
-    # hang prints every thread's stack and ends the process (status 1) instead of stalling CI
-    # until its timeout.
+    # hang here prints every thread's Python stack and ends the process (status 1) well before
+    # the watchdog would.
     faulthandler.dump_traceback_later(EXIT_GRACE, exit=True)
     gc.collect()  # the S3 filesystems the tests dropped, before S3 goes
     finalize_s3()  # as the img1688 program does at its end
