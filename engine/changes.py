@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ChangeKind = Literal["offer_new", "offer_gone", "price_changed", "moq_changed"]
-CHANGE_KINDS: tuple[ChangeKind, ...] = ("offer_new", "offer_gone", "price_changed", "moq_changed")
 
 MATCH_COLUMNS = ("query_path", "sku", "item_id", "rank", "offer_url", "price_min", "price_max",
                  "min_order")  # fmt: skip

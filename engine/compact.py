@@ -147,12 +147,10 @@ def read_parts(
     feed: Feed,
     parts: Sequence[PartRecord],
     base: pa.Schema | None = None,
-    columns: Sequence[str] | None = None,
 ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
     """The rows of ``parts`` (one table), part after part, as batches of one schema: ``base``
-    (if given) and the parts' own, unified (a column one of them lacks is null there), cut to
-    those of ``columns`` it has (all, without it). Reads :data:`READ_BATCH_ROWS` rows, of
-    one part, at a time.
+    (if given) and the parts' own, unified (a column one of them lacks is null there). Reads
+    :data:`READ_BATCH_ROWS` rows, of one part, at a time.
 
     Raises:
         StorageError: a part is missing or unreadable.
@@ -168,9 +166,6 @@ def read_parts(
     if not schemas:
         raise ValueError("read_parts needs parts or a base schema")
     schema = pa.unify_schemas(schemas)
-    if columns is not None:
-        wanted = [name for name in columns if name in schema.names]
-        schema = pa.schema([schema.field(name) for name in wanted], metadata=schema.metadata)
 
     def batches() -> Iterator[pa.RecordBatch]:
         for part, footer in zip(parts, footers, strict=True):

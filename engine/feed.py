@@ -33,7 +33,7 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -329,14 +329,14 @@ class Feed:
         ]
 
 
-def job_feed(job: Job, environ: Mapping[str, str] | None = None) -> Feed:
+def job_feed(job: Job) -> Feed:
     """The feed ``job`` writes: at ``output.dir`` (:attr:`~engine.jobfile.Job.feed_location`),
     with its compression level and shard, its dataset lock in the job's local folder.
 
     Raises:
         ConfigError: the output is not usable (checked when the job was loaded, again here).
     """
-    store = open_store(job.feed_location, os.environ if environ is None else environ)
+    store = open_store(job.feed_location, os.environ)
     # A table format publishes a completed run itself: until then its parts are staged.
     staging = job.output_format != "parquet"
     return Feed(store, job.zstd_level, job.shard, staging=staging, lock_dir=job.out)

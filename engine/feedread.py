@@ -13,14 +13,14 @@ read.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.errors import ConfigError, StorageError
 from engine.feed import Feed
-from engine.shard import UNSHARDED
+from engine.shard import UNSHARDED, Shard
 from engine.state import Run, RunIndex, checkpoint_shards, recorded_output, run_index
 from engine.storage import LocalStore, Store, open_store
 
@@ -31,20 +31,19 @@ _LISTED_RUNS = 5
 """How many of the latest run ids an error about an unknown run lists."""
 
 
-def feed_store(out: Path, environ: Mapping[str, str] | None = None) -> Store:
-    """Where the feed of the checkpoints in the job folder ``out`` is: the URL they recorded
-    (an ``s3://`` feed, or a local one with its state elsewhere), else ``out`` itself.
+def feed_store(out: Path, shards: Sequence[Shard]) -> Store:
+    """Where the feed of the checkpoints in the job folder ``out`` (of ``shards``, its
+    :func:`~engine.state.checkpoint_shards`) is: the URL they recorded (an ``s3://`` feed, or a
+    local one with its state elsewhere), else ``out`` itself.
 
     Raises:
-        ConfigError: the recorded feed is on S3 and ``environ`` (``os.environ``) has no
-            credentials for it.
+        ConfigError: the recorded feed is on S3 and the environment has no credentials for it.
         StorageError: a checkpoint database cannot be read.
     """
-    shards = checkpoint_shards(out)
     url = recorded_output(out, shards[0]) if shards else None
     if url is None:
         return LocalStore(out)
-    return open_store(url, os.environ if environ is None else environ)
+    return open_store(url, os.environ)
 
 
 @dataclass(frozen=True)
@@ -95,10 +94,11 @@ def find_run(out: Path, run_id: str | None = None) -> FeedRun:
             named, since exporting one shard's run as if it were the job's would drop rows).
         StorageError: a checkpoint database cannot be read.
     """
-    indexes = [i for s in checkpoint_shards(out) if (i := run_index(out, s)) is not None]
+    shards = checkpoint_shards(out)
+    indexes = [i for s in shards if (i := run_index(out, s)) is not None]
     if not indexes:
         raise ConfigError(f"{out} holds no job state (never run there?)")
-    store = feed_store(out)
+    store = feed_store(out, shards)
     if run_id is not None:
         for index in indexes:
             for run in index.runs:

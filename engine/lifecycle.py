@@ -236,10 +236,11 @@ def _commit_to_delta(
 
 def _run_rows(state: StateStore, feed: Feed) -> ReadRows:
     """Reads a run's rows as ``img1688 export`` does (:func:`engine.feedread.read_rows`): from
-    its registered parts, or from the Delta tables once it is committed there."""
+    its registered parts, or from the Delta tables once it is committed there. The parts are
+    those registered when it is called."""
+    index = RunIndex(state.shard, tuple(state.runs()), tuple(state.parts()))
 
     def read(run: Run, kind: str, columns: Sequence[str]) -> pa.Table:
-        index = RunIndex(state.shard, tuple(state.runs()), tuple(state.parts()))
         return read_rows(FeedRun(state.out, run, index, feed.store), kind, columns)
 
     return read

@@ -57,7 +57,7 @@ from engine.errors import (
 )
 from engine.evidence.stage import EvidenceStage, open_images
 from engine.export import Exporter
-from engine.feed import job_feed
+from engine.feed import Feed, job_feed
 from engine.inflight import InFlightSearches, Search
 from engine.jobfile import Job
 from engine.ledger import open_ledger
@@ -88,6 +88,7 @@ class JobRunner:
         job: Job,
         state: StateStore,
         run: Run,
+        feed: Feed,
         *,
         client: AppPool,
         pool: PreprocessPool,
@@ -103,7 +104,7 @@ class JobRunner:
         self.pool = pool
         self.stop = stop
         self.stop_signal = stop_signal
-        self.feed = job_feed(job)
+        self.feed = feed
         self.evidence = evidence
         self.photos = photos
         """Downloads the catalogue's web photos; ``None`` when it has none."""
@@ -510,7 +511,8 @@ async def run_job(
         return RunOutcome(ExitCode.STORAGE, None, str(exc))
     runner: JobRunner | None = None
     try:
-        run = open_run(state, job_feed(job), job, fresh=fresh)
+        feed = job_feed(job)
+        run = open_run(state, feed, job, fresh=fresh)
         async with AsyncExitStack() as stack:
             base_url, apps = await open_endpoint(stack, job, credentials)
             # One budget for the run, whatever the number of apps and gates drawing on it;
@@ -536,6 +538,7 @@ async def run_job(
                 job,
                 state,
                 run,
+                feed,
                 client=client,
                 pool=pool,
                 stop=stop,

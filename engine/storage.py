@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
@@ -399,7 +400,7 @@ class LocalStore(Store):
                 st = path.stat()
             except FileNotFoundError:
                 continue  # removed since the listing
-            if path.is_file():
+            if stat.S_ISREG(st.st_mode):
                 found.append(StoredFile(self._key(path), st.st_size, st.st_mtime_ns))
         return sorted(found, key=lambda f: f.key)
 

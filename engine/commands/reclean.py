@@ -84,7 +84,7 @@ def reclean(out: Path, filters: WholesaleFilters | None = None) -> dict[str, obj
     shards = checkpoint_shards(out)
     if not shards:
         raise ConfigError(f"{out} holds no job state (never run there?)")
-    store = feed_store(out)
+    store = feed_store(out, shards)
     with ExitStack() as stack:
         # Every shard is locked and checked before any is changed: one still running or
         # unfinished refuses the whole re-clean and leaves the feed as it was.
@@ -95,6 +95,11 @@ def reclean(out: Path, filters: WholesaleFilters | None = None) -> dict[str, obj
             if run is None or run.completed_at is None:
                 where = f"{out} (shard {state.shard})" if state.shard.sharded else str(out)
                 raise ConfigError(f"{where} has no finished run to re-clean; finish the run first")
+            if run.format != "parquet":
+                raise ConfigError(
+                    f"{state.out}: reclean rebuilds the Parquet layout only; this run was"
+                    f" published as {run.format} tables (output.format)"
+                )
             runs.append(run)
         results = [
             _reclean_run(state, Feed(store, shard=state.shard, lock_dir=out), run, filters, stack)
@@ -123,11 +128,6 @@ def _reclean_run(
     level = int(manifest.get("zstd_level", 6))  # type: ignore[call-overload]
     feed = Feed(found.store, level, state.shard, lock_dir=found.lock_dir)
     feed.remove_orphans(state.parts(), state.known_runs())
-    if run.format != "parquet":
-        raise ConfigError(
-            f"{state.out}: reclean rebuilds the Parquet layout only; this run was published as"
-            f" {run.format} tables (output.format)"
-        )
     fingerprint = json.loads(run.fingerprint)
     filters = filters or WholesaleFilters(**fingerprint["filters"])
     # The run's changes table compares offers, not cleaning rules: it stays as it is.

@@ -51,7 +51,7 @@ def handle(args: argparse.Namespace, clock: Callable[[], float] = time.time) -> 
         print(f"img1688: {out} holds no job state (never run there?)", file=sys.stderr)
         return 2
     try:
-        store = feed_store(out)
+        store = feed_store(out, shards)
         success = store.exists(SUCCESS_FILE)
         markers = (
             {shard: store.exists(shard.file_name(SUCCESS_FILE)) for shard in shards}
