@@ -14,11 +14,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import pyarrow as pa
 
 from engine.clean import CleanResult, Offer
+
+if TYPE_CHECKING:
+    from engine.evidence.visual import Verdict
 
 SCHEMA_VERSION = "2"
 """2: the catalogue columns (``sku``, ``sku_title``), the ``ocean`` supplier signals and the offer
@@ -155,9 +158,6 @@ class Lineage:
 
     def __post_init__(self) -> None:
         _require_utc("searched_at", self.searched_at)
-
-
-Verdict = Literal["same_photo", "same_product", "similar", "different"]
 
 
 @dataclass(frozen=True)
