@@ -256,12 +256,13 @@ def _parquet_rows(path: Path) -> Iterator[Row]:
     import pyarrow.parquet as pq
 
     try:
-        schema = pq.read_schema(path)
-        where = _columns(path, schema.names)
-        names = {column: schema.names[position] for column, position in where.items()}
-        for column, name in names.items():
-            _check_text(path, column, schema.field(name).type)
-        table = pq.read_table(path, columns=list(names.values()))
+        with pq.ParquetFile(path) as file:  # one footer read, for the schema and the rows
+            schema = file.schema_arrow
+            where = _columns(path, schema.names)
+            names = {column: schema.names[position] for column, position in where.items()}
+            for column, name in names.items():
+                _check_text(path, column, schema.field(name).type)
+            table = file.read(columns=list(names.values()))
     except (OSError, pa.ArrowException) as exc:
         raise ConfigError(f"{path}: not a readable Parquet file: {exc}") from None
     cells = {column: table.column(name).to_pylist() for column, name in names.items()}
