@@ -26,7 +26,6 @@ starts with it instead of the stale token in the environment.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -39,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.errors import ConfigError
+from engine.lock import exclusive
 from engine.storage import write_atomic
 
 log = logging.getLogger(__name__)
@@ -288,12 +288,9 @@ class TokenStore:
         """An ``flock`` on ``.NAME.lock`` beside the store for one read-change-replace: the
         store is one file for every app, and two jobs' saves would otherwise each write back
         what they read, the later dropping the earlier's new token. Held for milliseconds."""
-        fd = os.open(self.path.with_name(f".{self.path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        lock = self.path.with_name(f".{self.path.name}.lock")
+        with exclusive(os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)):
             yield
-        finally:
-            os.close(fd)  # releases the lock
 
     def load(self, app_key: str) -> StoredToken | None:
         """The token stored for ``app_key``, or ``None`` if there is none (or it is malformed)."""

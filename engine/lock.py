@@ -71,7 +71,14 @@ def dataset_lock(out: Path) -> Iterator[None]:
     Raises:
         StorageError: the directory cannot be created or the lock file opened.
     """
-    fd = _open_lock_file(out, DATASET_LOCK_FILE)
+    with exclusive(_open_lock_file(out, DATASET_LOCK_FILE)):
+        yield
+
+
+@contextmanager
+def exclusive(fd: int) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the open lock file ``fd`` (waiting for it), then close
+    ``fd``, which releases it."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
