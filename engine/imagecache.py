@@ -38,6 +38,7 @@ from typing import Any
 
 from engine.errors import StorageError
 from engine.state import storage_error
+from engine.storage import write_atomic
 
 CACHE_VERSION = 2
 """``PRAGMA user_version`` of the index; bumped on any incompatible change. 2: URLs are indexed
@@ -189,24 +190,13 @@ class ImageCache:
         temp = final.with_name(f".{sha256}.{os.getpid()}.{secrets.token_hex(4)}{_TEMP_SUFFIX}")
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                with open(fd, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(temp, final)
-            finally:
-                temp.unlink(missing_ok=True)  # gone already after the rename
-            folder = os.open(final.parent, os.O_RDONLY)
-            try:
-                os.fsync(folder)  # the rename itself survives a power cut
-            finally:
-                os.close(folder)
+            write_atomic(final, lambda path: path.write_bytes(data), temp=temp)
         except OSError as exc:
             raise StorageError(
                 f"cannot write to the image cache {self.root}: {exc.strerror or exc}"
             ) from None
+        except StorageError as exc:
+            raise StorageError(f"cannot write to the image cache {self.root}: {exc}") from None
         return sha256
 
     def path(self, sha256: str) -> Path | None:

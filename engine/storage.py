@@ -679,12 +679,13 @@ def finalize_s3() -> None:
         sys.modules["pyarrow.fs"].ensure_s3_finalized()
 
 
-def write_atomic(final: Path, write: Callable[[Path], T]) -> T:
-    """``write`` a hidden temporary beside ``final``, fsync it, rename it into place, fsync
-    the folder: a failed or interrupted write never leaves a partial file under the final
-    name. The temporary is removed on any failure, whose ``OSError`` becomes a
-    :class:`~engine.errors.StorageError` (other exceptions pass as they are)."""
-    temp = final.with_name(f".{final.name}{TEMP_SUFFIX}")
+def write_atomic(final: Path, write: Callable[[Path], T], *, temp: Path | None = None) -> T:
+    """``write`` a hidden temporary beside ``final`` (``temp``, by default
+    ``.NAME.inprogress``), fsync it, rename it into place, fsync the folder: a failed or
+    interrupted write never leaves a partial file under the final name. The temporary is
+    removed on any failure, whose ``OSError`` becomes a :class:`~engine.errors.StorageError`
+    (other exceptions pass as they are)."""
+    temp = temp or final.with_name(f".{final.name}{TEMP_SUFFIX}")
     try:
         result = write(temp)
         _fsync_path(temp)
