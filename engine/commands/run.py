@@ -18,8 +18,8 @@ from engine.shard import Shard
 # asyncio, the job file, the runner and pyarrow are imported where they are used:
 # `img1688 --help` and the other commands build this parser without loading them.
 if TYPE_CHECKING:
+    from engine.feedread import FeedRun
     from engine.jobfile import Job
-    from engine.storage import Store
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -156,7 +156,7 @@ def _signals_call(handler: Callable[[int], object]) -> Iterator[None]:
 
 
 def _report(outcome: RunOutcome, job: Job) -> None:
-    from engine.feed import job_feed
+    from engine.feedread import find_run
 
     if outcome.summary:
         print(json.dumps(outcome.summary, indent=2, default=str))
@@ -165,9 +165,9 @@ def _report(outcome: RunOutcome, job: Job) -> None:
     if not finished or outcome.run_id is None:
         return
     print("\nBest match per photo (first rows):")
-    store = job_feed(job).store
-    out = store.url
-    print(_preview(store, outcome.run_id))
+    run = find_run(job.out, outcome.run_id)
+    out = run.store.url
+    print(_preview(run))
     print(
         f"\nParquet feed: {out}/matches (offers) and {out}/images (one row per photo)\n"
         "Read it with DuckDB, Polars or pandas (docs/schema.md), e.g. in Python:\n"
@@ -181,19 +181,16 @@ def _money(value: object) -> str:
     return "?" if value is None else f"{value:.2f}"
 
 
-def _preview(store: Store, run_id: str, rows: int = 12) -> str:
-    """The best offer of the first photos of the run, read back from the feed itself."""
+def _preview(run: FeedRun, rows: int = 12) -> str:
+    """The best offer of the first photos of the run, read back from the feed itself (its
+    registered parts, or its Delta table)."""
     import pyarrow.compute as pc
-    import pyarrow.dataset as ds
 
-    filesystem, root = store.filesystem()
-    matches = ds.dataset(
-        f"{root}/matches", filesystem=filesystem, format="parquet", partitioning="hive"
-    )
-    table = matches.to_table(
-        columns=["query_path", "title", "price_min", "min_order", "unit", "city", "offer_url"],
-        filter=(pc.field("run_id") == run_id) & (pc.field("rank") == 1),
-    ).sort_by("query_path")
+    from engine.feedread import read_rows
+
+    columns = ["query_path", "title", "price_min", "min_order", "unit", "city", "offer_url"]
+    matches = read_rows(run, "matches", [*columns, "rank"])
+    table = matches.filter(pc.field("rank") == 1).sort_by("query_path")
     lines = [
         f"  {Path(r['query_path']).name:<22} {_money(r['price_min']):>8} CNY"
         f"  MOQ {r['min_order'] or '?'}{r['unit'] or ''}  {r['city'] or '?'}  {r['title']}"
