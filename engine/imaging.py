@@ -31,7 +31,7 @@ from PIL import (
     features,
 )
 
-from engine.colour import JPEG_FORMATS, SRGB, cmyk_to_rgb
+from engine.colour import JPEG_FORMATS, SRGB, flatten, to_8bit
 from engine.magic import BMFF_BRANDS, image_format
 from engine.preprocess import (
     ACCEPTED_FORMATS,
@@ -57,7 +57,6 @@ _TRANSPOSE = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-_WHITE = (255, 255, 255)
 _QUALITY_STEP = 10
 _MIN_FIT_SIDE = 32
 _TRIM_TOLERANCE = 24
@@ -175,8 +174,11 @@ def _prepare(
         img, source = _decode(data, options, work)
     work.lap("decode")
 
-    img = _to_8bit(img, source.format, work.steps)
-    img = _flatten(img, work.steps)
+    try:
+        img = to_8bit(img, source.format, work.steps)
+    except ValueError as exc:
+        raise _Reject("unsupported_format", str(exc)) from None
+    img = flatten(img, work.steps)
     if options.trim_border:
         img = _trim(img, work.steps)
     if max(img.size) > options.max_side:
@@ -340,29 +342,6 @@ def _bmff_cut_short(data: bytes) -> bool:
     return offset != len(data)
 
 
-def _to_8bit(img: Image.Image, source_format: str, steps: list[str]) -> Image.Image:
-    """Bring any mode to L, LA, RGB or RGBA with 8-bit samples and honest colours."""
-    mode = img.mode
-    if "transparency" in img.info and mode in ("1", "L", "P", "RGB"):
-        return img.convert("RGBA")
-    if mode in ("L", "LA", "RGB", "RGBA"):
-        return img
-    if mode == "1":
-        return img.convert("L")
-    if mode in ("P", "PA", "RGBa"):
-        return img.convert("RGBA" if mode != "P" else "RGB")
-    if mode == "La":
-        return img.convert("LA")
-    if mode == "CMYK":
-        return cmyk_to_rgb(img, source_format, steps)
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        return _scale_to_8bit(img, steps)
-    try:
-        return img.convert("RGB")
-    except ValueError:
-        raise _Reject("unsupported_format", f"pixel mode {mode} is not supported") from None
-
-
 def _rgb_to_srgb(img: Image.Image, icc: bytes, steps: list[str]) -> Image.Image:
     """Convert RGB pixels through their embedded ICC profile to sRGB (perceptual intent).
 
@@ -380,47 +359,6 @@ def _rgb_to_srgb(img: Image.Image, icc: bytes, steps: list[str]) -> Image.Image:
     assert srgb is not None  # profileToProfile returns None only with inPlace=True
     steps.append("icc->srgb")
     return srgb
-
-
-def _scale_to_8bit(img: Image.Image, steps: list[str]) -> Image.Image:
-    """Map 16/32-bit integer or float samples linearly onto 0-255 (``convert`` would clip).
-
-    ``I;16*`` spans 0-65535. ``I`` holding only 0-65535 is 16-bit data in a 32-bit container
-    (some TIFF and PNG readers do that); other ``I`` data and ``F`` outside 0-1 are stretched
-    from min(0, lowest) to the highest value.
-    """
-    mode = img.mode
-    if mode.startswith("I;16"):
-        img = img.convert("I")
-        low, high, step = 0.0, 65535.0, "16bit_scaled"
-    else:
-        lowest, highest = img.getextrema()
-        assert not isinstance(lowest, tuple) and not isinstance(highest, tuple)  # I, F: one band
-        if mode == "I" and lowest >= 0 and highest <= 65535:
-            low, high, step = 0.0, 65535.0, "16bit_scaled"
-        elif mode == "F" and lowest >= 0 and highest <= 1:
-            low, high, step = 0.0, 1.0, "float_scaled"
-        else:
-            low, high = float(min(0, lowest)), float(highest)
-            step = "32bit_scaled" if mode == "I" else "float_scaled"
-    factor = 255.0 / (high - low) if high > low else 0.0
-    offset = 0.5 - low * factor  # + 0.5 rounds instead of truncating
-    steps.append(step)
-    return img.point(lambda value: value * factor + offset).convert("L")
-
-
-def _flatten(img: Image.Image, steps: list[str]) -> Image.Image:
-    """Composite transparent pixels onto white; returns L or RGB."""
-    if img.mode not in ("LA", "RGBA"):
-        return img
-    alpha = img.getchannel("A")
-    opaque_mode = img.mode[:-1]
-    if alpha.getextrema()[0] == 255:
-        return img.convert(opaque_mode)
-    background = Image.new(opaque_mode, img.size, 255 if opaque_mode == "L" else _WHITE)
-    background.paste(img.convert(opaque_mode), mask=alpha)
-    steps.append("alpha->white")
-    return background
 
 
 def _trim(img: Image.Image, steps: list[str]) -> Image.Image:

@@ -79,7 +79,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps
 
-from engine.colour import cmyk_to_rgb
+from engine.colour import flatten, to_8bit
 
 __all__ = [
     "FINGERPRINT_VERSION",
@@ -434,22 +434,8 @@ def _decode(data: bytes) -> Image.Image:
 
 
 def _to_rgb(img: Image.Image, source_format: str | None) -> Image.Image:
-    """RGB as a person would see it: 16-bit and float samples scaled rather than clipped, CMYK
-    through its embedded profile when it has one, transparency on white."""
-    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
-        samples = np.asarray(img, dtype=np.float64)
-        peak = 255.0 if img.mode == "F" or float(samples.max(initial=0.0)) <= 255 else 65535.0
-        img = Image.fromarray(np.clip(samples * (255.0 / peak), 0, 255).astype(np.uint8))
-    if img.mode == "CMYK":
-        return cmyk_to_rgb(img, source_format)
-    if img.mode == "P" or "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGB", rgba.size, (255, 255, 255))
-        white.paste(rgba, (0, 0), rgba)
-        return white
-    return img.convert("RGB")
+    """RGB as a person would see it, as preprocessing makes it (:mod:`engine.colour`)."""
+    return flatten(to_8bit(img, source_format)).convert("RGB")
 
 
 def _foreground(ycc: F32) -> npt.NDArray[np.bool_]:
